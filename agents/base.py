@@ -1,0 +1,71 @@
+"""The agent node: an AsyncNode with a name, the documents it needs, and a prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pocketflow import AsyncNode
+
+from agents.llm import LLMClient, TransientLLMError
+from memory.manager import AgentMemory
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """What an agent's exec needs, prepared from the shared store."""
+
+    input: str
+    system: str
+
+
+class Agent(AsyncNode):  # type: ignore[misc]
+    name: ClassVar[str]
+    requires_docs: ClassVar[tuple[str, ...]] = ()
+    prompt: ClassVar[str]
+
+    def __init__(self, llm: LLMClient, *, max_retries: int = 1, wait: float = 0.5) -> None:
+        super().__init__(max_retries=max_retries, wait=wait)
+        self.llm = llm
+
+    async def prep_async(self, shared: dict[str, Any]) -> AgentTask:
+        await shared["tracker"].node_started(self.name)
+        memory: AgentMemory = shared["memory"].for_agent(self.name)
+        docs = {doc_id: shared["docs"][doc_id] for doc_id in self.requires_docs}
+        return AgentTask(input=shared["current"], system=self.system_prompt(docs, memory))
+
+    async def exec_async(self, prep_res: AgentTask) -> str:
+        return await self.llm.complete(agent=self.name, system=prep_res.system, user=prep_res.input)
+
+    async def _exec(self, prep_res: AgentTask) -> str:
+        # PocketFlow retries every exception; only transient LLM failures deserve another try.
+        for attempt in range(self.max_retries):
+            try:
+                return await self.exec_async(prep_res)
+            except TransientLLMError:
+                if attempt == self.max_retries - 1:
+                    raise
+                await asyncio.sleep(self.wait * 2**attempt * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable: max_retries < 1")
+
+    async def post_async(self, shared: dict[str, Any], prep_res: AgentTask, exec_res: str) -> None:
+        memory: AgentMemory = shared["memory"].for_agent(self.name)
+        memory.own.set("runs", int(memory.own.get("runs", 0)) + 1)
+        memory.own.set("last_output", exec_res)
+        self.remember(memory, exec_res)
+        shared["outputs"][self.name] = exec_res
+        shared["current"] = exec_res
+        await shared["tracker"].node_finished(self.name, exec_res)
+
+    def system_prompt(self, docs: dict[str, str], memory: AgentMemory) -> str:
+        parts = [self.prompt]
+        parts += [f"## Document {doc_id}\n{content}" for doc_id, content in docs.items()]
+        story = memory.story.snapshot()
+        if story:
+            parts.append("## What the team knows about this story\n" + "\n".join(f"- {k}: {v}" for k, v in story.items()))
+        return "\n\n".join(parts)
+
+    def remember(self, memory: AgentMemory, output: str) -> None:
+        """Write what later agents and later runs of the story should know. Override per agent."""

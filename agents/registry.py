@@ -1,0 +1,69 @@
+"""The catalog of agents and flows, found once at start-up."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from types import ModuleType
+
+from pocketflow import AsyncFlow
+
+from agents import flow as shipped_flows
+from agents import nodes as shipped_nodes
+from agents.base import Agent
+from agents.llm import LLMClient
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    name: str
+    agents: tuple[str, ...]
+    requires_docs: tuple[str, ...]
+
+
+class Catalog:
+    def __init__(self, agents: dict[str, type[Agent]], flows: dict[str, tuple[str, ...]]) -> None:
+        self.agents = agents
+        self.flows: dict[str, FlowSpec] = {}
+        for name, agent_names in flows.items():
+            unknown = [a for a in agent_names if a not in agents]
+            if unknown or not agent_names:
+                raise CatalogError(f"flow {name!r} names unknown agents {unknown} (known: {sorted(agents)})")
+            self.flows[name] = FlowSpec(name, agent_names, self._docs_of(agent_names))
+
+    def _docs_of(self, agent_names: tuple[str, ...]) -> tuple[str, ...]:
+        docs: dict[str, None] = {}
+        for agent in agent_names:
+            docs.update(dict.fromkeys(self.agents[agent].requires_docs))
+        return tuple(docs)
+
+    def build(self, flow: str, llm: LLMClient, *, max_retries: int = 1, wait: float = 0.5) -> AsyncFlow:
+        from agents.flow import build_flow
+
+        classes = [self.agents[name] for name in self.flows[flow].agents]
+        return build_flow(classes, llm, max_retries=max_retries, wait=wait)
+
+
+def _agents_in(module: ModuleType) -> dict[str, type[Agent]]:
+    return {
+        obj.name: obj
+        for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, Agent) and obj is not Agent and obj.__module__ == module.__name__
+    }
+
+
+def load_catalog(extra_modules: list[str] | None = None) -> Catalog:
+    """Shipped agents and flows, plus those of extra modules (each may define Agent subclasses and FLOWS)."""
+    modules = [shipped_nodes] + [importlib.import_module(name) for name in extra_modules or []]
+    agents: dict[str, type[Agent]] = {}
+    flows = dict(shipped_flows.FLOWS)
+    for module in modules:
+        agents.update(_agents_in(module))
+        if module is not shipped_nodes:
+            flows.update(getattr(module, "FLOWS", {}))
+    return Catalog(agents, flows)

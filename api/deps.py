@@ -1,0 +1,72 @@
+"""Annotated dependencies: settings, clients from app.state, and the caller's tenant."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, Header, HTTPException, Request, status
+
+from agents.registry import Catalog
+from infra.settings import DEFAULT_TENANT, Settings
+from worker.runstore import RunStore
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> ArqRedis:
+    redis: ArqRedis = request.app.state.redis
+    return redis
+
+
+def get_store(request: Request) -> RunStore:
+    store: RunStore = request.app.state.store
+    return store
+
+
+def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+def _presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return None
+
+
+def get_tenant(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    if not settings.auth_enabled:
+        return DEFAULT_TENANT
+    presented = _presented_key(authorization, x_api_key)
+    tenant = None
+    if presented is not None:
+        for key, owner in settings.keys_to_tenants.items():
+            if hmac.compare_digest(key.encode(), presented.encode()):
+                tenant = owner
+    if tenant is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or invalid API key: send Authorization: Bearer <key> or X-API-Key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return tenant
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[ArqRedis, Depends(get_redis)]
+StoreDep = Annotated[RunStore, Depends(get_store)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,46 @@
+"""Builds the FastAPI app: clients are made in the lifespan and kept on app.state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from agents.registry import load_catalog
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.routes import docs, flows, health, memory, runs
+from infra.redis import create_redis
+from infra.settings import Settings
+from worker.runstore import RunStore
+
+logger = logging.getLogger("storyflow.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not settings.redis_url:
+        raise RuntimeError("STORYFLOW_REDIS_URL is not set (storyflow up starts an embedded Redis for you)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.redis_url
+        if not settings.auth_enabled:
+            logger.warning("STORYFLOW_API_KEYS is unset: authentication is off, every caller is tenant 'default'")
+        app.state.settings = settings
+        app.state.catalog = load_catalog(settings.extra_agent_modules)
+        app.state.redis = create_redis(settings.redis_url)
+        app.state.store = RunStore(app.state.redis, result_ttl=settings.result_ttl, max_queued=settings.max_queued_runs)
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+
+    app = FastAPI(title="storyflow", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    for module in (runs, docs, memory, flows, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,207 @@
+"""Submitting, reading, cancelling and listing runs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from agents.registry import Catalog
+from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
+from api.errors import error_responses, unavailable, validation_error
+from api.schemas import JOB_ID_PATTERN, RunAccepted, RunRecord, RunRequest, RunStatusName
+from api.waiting import wait_until_finished
+from infra import keys
+from infra.settings import Settings
+from memory.store import missing_documents
+from worker.runstore import RunStore, SubmitOutcome
+
+router = APIRouter(tags=["runs"])
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+NOT_FOUND = "run not found"
+
+
+def check_run_request(body: RunRequest, catalog: Catalog, settings: Settings) -> None:
+    """The checks that depend on configuration; raises a 422 like pydantic's own."""
+    if body.flow not in catalog.flows:
+        known = ", ".join(sorted(catalog.flows))
+        raise HTTPException(422, validation_error("flow", f"unknown flow {body.flow!r}; known flows: {known}"))
+    size = len(body.input.encode())
+    if size > settings.max_input_bytes:
+        message = f"input is {size} bytes; the limit is STORYFLOW_MAX_INPUT_BYTES={settings.max_input_bytes}"
+        raise HTTPException(422, validation_error("input", message))
+
+
+def submit_fields(body: RunRequest, catalog: Catalog, idempotency_key: str | None) -> dict[str, Any]:
+    total = len(catalog.flows[body.flow].agents)
+    return {
+        "flow": body.flow, "story_id": body.story_id, "input": body.input, "total": total,
+        "idempotency_key": idempotency_key,
+    }  # fmt: skip
+
+
+def accepted(job_id: str) -> JSONResponse:
+    body = RunAccepted(job_id=job_id, status="queued", pending_docs=None).model_dump()
+    return JSONResponse(body, status_code=202, headers={"Location": f"/run/{job_id}"})
+
+
+def full_queue() -> JSONResponse:
+    return unavailable("the queue is full; retry later")
+
+
+@router.post(
+    "/run",
+    status_code=202,
+    response_model=RunAccepted,
+    responses={
+        200: {"model": RunRecord | RunAccepted, "description": "pending_docs, or the finished run with ?wait"},
+        **error_responses(401, 413, 422, 429, 503),
+    },
+)
+async def submit_run(
+    body: RunRequest,
+    tenant: TenantDep,
+    store: StoreDep,
+    redis: RedisDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    wait: Annotated[float | None, Query(ge=0, le=60, description="seconds to hold for the result")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> Response:
+    check_run_request(body, catalog, settings)
+    missing = await missing_documents(redis, tenant, list(catalog.flows[body.flow].requires_docs))
+    if missing:
+        return JSONResponse(RunAccepted(job_id=None, status="pending_docs", pending_docs=missing).model_dump())
+    outcome = await store.submit(tenant, uuid.uuid4().hex, **submit_fields(body, catalog, idempotency_key))
+    if outcome.status == "full":
+        return full_queue()
+    if wait and await wait_until_finished(redis, tenant, outcome.job_id, wait):
+        record = await store.get(tenant, outcome.job_id)
+        if record is not None:
+            return JSONResponse(record)
+    return accepted(outcome.job_id)
+
+
+async def find_run(store: RunStore, tenant: str, job_id: str) -> dict[str, Any]:
+    record = await store.get(tenant, job_id) if _JOB_ID.match(job_id) else None
+    if record is None:
+        raise HTTPException(404, NOT_FOUND)
+    return record
+
+
+@router.get("/run/{job_id}", response_model=RunRecord, responses=error_responses(401, 404, 503))
+async def get_run(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str, Any]:
+    return await find_run(store, tenant, job_id)
+
+
+@router.delete("/run/{job_id}", response_model=RunRecord, responses=error_responses(401, 404, 409, 503))
+async def cancel_run(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str, Any]:
+    record = await find_run(store, tenant, job_id)
+    outcome = await store.cancel(tenant, job_id, record["story_id"])
+    if outcome == "missing":
+        raise HTTPException(404, NOT_FOUND)
+    if outcome == "finished":
+        raise HTTPException(409, "the run has already finished")
+    return await find_run(store, tenant, job_id)
+
+
+@router.get("/runs", response_model=list[RunRecord], responses=error_responses(401, 422, 503))
+async def list_runs(
+    response: Response,
+    tenant: TenantDep,
+    store: StoreDep,
+    redis: RedisDep,
+    story_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = None,
+    run_status: Annotated[RunStatusName | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[int | None, Query(ge=0, description="X-Next-Cursor of the previous page")] = None,
+) -> list[dict[str, Any]]:
+    index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
+    upper: str | int = f"({cursor}" if cursor is not None else "+inf"
+    runs: list[dict[str, Any]] = []
+    while len(runs) < limit:
+        page = await redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit * 2, withscores=True)
+        if not page:
+            break
+        for member, score in page:
+            upper = f"({int(score)}"
+            record = await store.get(tenant, member.decode())
+            if record is None:
+                await redis.zrem(index, member)
+            elif run_status is None or record["status"] == run_status:
+                runs.append(record)
+                if len(runs) == limit:
+                    response.headers["X-Next-Cursor"] = str(int(score))
+                    break
+    return runs
+
+
+@router.post(
+    "/runs/batch",
+    response_model=list[dict[str, Any]],
+    responses=error_responses(401, 413, 422, 503),
+)
+async def submit_batch(
+    body: dict[str, list[dict[str, Any]]],
+    tenant: TenantDep,
+    store: StoreDep,
+    redis: RedisDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+) -> Response:
+    items = body.get("runs")
+    if not isinstance(items, list) or len(items) > settings.max_batch_runs:
+        message = f"body must be {{'runs': [...]}} with at most {settings.max_batch_runs} runs"
+        raise HTTPException(422, validation_error("runs", message))
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    to_submit: list[tuple[int, RunRequest]] = []
+    for position, raw in enumerate(items):
+        try:
+            run = RunRequest.model_validate(raw)
+            check_run_request(run, catalog, settings)
+        except ValidationError as exc:
+            answers[position] = invalid(exc.errors(include_url=False, include_context=False))
+        except HTTPException as exc:
+            answers[position] = invalid(exc.detail)
+        else:
+            to_submit.append((position, run))
+    ready = await _with_docs(redis, tenant, catalog, to_submit, answers)
+    outcomes = await store.submit_many(
+        [(tenant, uuid.uuid4().hex, submit_fields(run, catalog, None)) for _, run in ready]
+    )
+    for (position, _), outcome in zip(ready, outcomes, strict=True):
+        answers[position] = _batch_answer(outcome)
+    return JSONResponse(answers)
+
+
+def invalid(detail: Any) -> dict[str, Any]:
+    return {"job_id": None, "status": "invalid", "pending_docs": None, "error": detail}
+
+
+def _batch_answer(outcome: SubmitOutcome) -> dict[str, Any]:
+    if outcome.status == "full":
+        return {"job_id": None, "status": "rejected", "pending_docs": None, "error": "the queue is full"}
+    return {"job_id": outcome.job_id, "status": "queued", "pending_docs": None}
+
+
+async def _with_docs(
+    redis: RedisDep, tenant: str, catalog: Catalog, runs: list[tuple[int, RunRequest]],
+    answers: list[dict[str, Any] | None],
+) -> list[tuple[int, RunRequest]]:  # fmt: skip
+    """The runs whose documents are all there; the others answered pending_docs."""
+    needed = sorted({doc for _, run in runs for doc in catalog.flows[run.flow].requires_docs})
+    missing = set(await missing_documents(redis, tenant, needed))
+    ready = []
+    for position, run in runs:
+        pending = [doc for doc in catalog.flows[run.flow].requires_docs if doc in missing]
+        if pending:
+            answers[position] = {"job_id": None, "status": "pending_docs", "pending_docs": pending}
+        else:
+            ready.append((position, run))
+    return ready
+
+

@@ -1,0 +1,190 @@
+"""Asyncio client for the storyflow HTTP API, the twin of `StoryflowClient`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import httpx_sse
+
+from client import _protocol as protocol
+from client.errors import StoryflowError, WaitTimeout, error_from_response, error_from_transport
+from client.models import (
+    BatchItem,
+    DocInfo,
+    Document,
+    DocWritten,
+    FlowInfo,
+    RunEvent,
+    RunRecord,
+    SubmitResult,
+)
+
+
+class AsyncStoryflowClient:
+    def __init__(
+        self,
+        base_url: str = protocol.DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = protocol.DEFAULT_TIMEOUT,
+        poll_schedule: protocol.PollSchedule | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.poll_schedule = poll_schedule or protocol.PollSchedule()
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=protocol.default_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self._http.base_url
+
+    async def submit(
+        self,
+        story_id: str,
+        input: str,
+        flow: str = "default",
+        *,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> SubmitResult:
+        request = protocol.submit_request(story_id, input, flow, idempotency_key, wait, self._http.timeout)
+        response = await self._request(
+            "POST",
+            "/run",
+            json=request.body,
+            headers=request.headers,
+            params=request.params,
+            timeout=request.timeout or self._http.timeout,
+        )
+        return protocol.parse_submit(response)
+
+    async def get(self, job_id: str) -> RunRecord:
+        return protocol.parse_record(await self._request("GET", f"/run/{job_id}"))
+
+    async def cancel(self, job_id: str) -> RunRecord:
+        return protocol.parse_record(await self._request("DELETE", f"/run/{job_id}"))
+
+    async def list_runs(
+        self, story_id: str | None = None, status: str | None = None, limit: int | None = None
+    ) -> list[RunRecord]:
+        params = protocol.runs_query(story_id, status, limit)
+        return protocol.parse_runs(await self._request("GET", "/runs", params=params))
+
+    async def batch(self, runs: list[dict[str, Any]]) -> list[BatchItem]:
+        return protocol.parse_batch(await self._request("POST", "/runs/batch", json={"runs": runs}))
+
+    async def flows(self) -> list[FlowInfo]:
+        return protocol.parse_flows(await self._request("GET", "/flows"))
+
+    async def put_doc(self, doc_id: str, content: str) -> DocWritten:
+        response = await self._request("PUT", f"/docs/{doc_id}", json={"content": content})
+        return protocol.parse_doc_written(response, doc_id)
+
+    async def get_doc(self, doc_id: str) -> Document:
+        return protocol.parse_document(await self._request("GET", f"/docs/{doc_id}"))
+
+    async def list_docs(self) -> list[DocInfo]:
+        return protocol.parse_docs(await self._request("GET", "/docs"))
+
+    async def delete_doc(self, doc_id: str) -> None:
+        protocol.raise_for_error(await self._request("DELETE", f"/docs/{doc_id}"))
+
+    async def events(self, job_id: str, last_event_id: str | None = None) -> AsyncGenerator[RunEvent, None]:
+        """The run's events until a terminal one (included) or until the server ends the stream."""
+        try:
+            async with httpx_sse.aconnect_sse(
+                self._http,
+                "GET",
+                f"/run/{job_id}/events",
+                headers=protocol.events_headers(last_event_id),
+                timeout=protocol.stream_timeout(self._http.timeout, None),
+            ) as source:
+                if source.response.is_error:
+                    await source.response.aread()
+                    raise error_from_response(source.response)
+                async for sse in source.aiter_sse():
+                    event = protocol.event_from_sse(sse)
+                    if event is None:
+                        continue
+                    yield event
+                    if event.is_terminal:
+                        return
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, self.base_url) from None
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        on_event: protocol.EventCallback | None = None,
+    ) -> RunRecord:
+        """Follow the run's events until it finishes, then return its record.
+
+        Falls back to polling with backoff when the event stream is unavailable.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._follow_events(job_id, on_event)
+                return await self._poll_until_finished(job_id)
+        except TimeoutError:
+            record = await self.get(job_id)
+            if record.is_finished:
+                return record
+            raise WaitTimeout(record, timeout or 0.0) from None
+
+    async def _follow_events(self, job_id: str, on_event: protocol.EventCallback | None) -> None:
+        last_event_id: str | None = None
+        failures = 0
+        while failures < protocol.EVENT_STREAM_RETRIES:
+            try:
+                async with aclosing(self.events(job_id, last_event_id)) as events:
+                    async for event in events:
+                        last_event_id = event.id or last_event_id
+                        failures = 0
+                        if on_event is not None:
+                            on_event(event)
+                        if event.is_terminal:
+                            return
+            except StoryflowError as exc:
+                if exc.status_code is not None:
+                    return
+            failures += 1
+
+    async def _poll_until_finished(self, job_id: str) -> RunRecord:
+        delay = self.poll_schedule.first_delay
+        while True:
+            record = await self.get(job_id)
+            if record.is_finished:
+                return record
+            await asyncio.sleep(delay)
+            delay = self.poll_schedule.next_delay(delay)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, self.base_url) from None

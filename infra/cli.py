@@ -1,0 +1,172 @@
+"""The `storyflow` command: run the service (up, api, worker) and talk to it (client.cli)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from infra.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="storyflow: agent flows on stories, as jobs.")
+CHILD_STOP_GRACE_S = 10.0
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"STORYFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        typer.secho(f"storyflow: bad configuration: {problems}", err=True, fg="red")
+        raise typer.Exit(2) from None
+
+
+def require_redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        typer.secho("storyflow: set STORYFLOW_REDIS_URL (or use `storyflow up`, which starts Redis)", err=True, fg="red")
+        raise typer.Exit(2)
+    return settings.redis_url
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@app.command()
+def api(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+) -> None:
+    """Run the HTTP API (one process) against STORYFLOW_REDIS_URL."""
+    import uvicorn
+
+    settings = load_settings()
+    require_redis_url(settings)
+    configure_logging(settings)
+    uvicorn.run(
+        "api.main:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
+        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5,
+    )  # fmt: skip
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker process against STORYFLOW_REDIS_URL."""
+    from worker.main import run
+
+    settings = load_settings()
+    require_redis_url(settings)
+    configure_logging(settings)
+    run(settings)
+
+
+class Supervisor:
+    """Starts the API and worker processes, restarts a worker that dies, stops them all in order."""
+
+    def __init__(self, env: dict[str, str], workers: int, port: int, host: str) -> None:
+        self.env = env
+        self.api_cmd = [sys.executable, "-m", "infra.cli", "api", "--port", str(port), "--host", host]
+        self.worker_cmd = [sys.executable, "-m", "infra.cli", "worker"]
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker_count = workers
+        self.stopping = False
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        # A session of their own: Ctrl-C reaches only us, and we stop the children in order.
+        return subprocess.Popen(cmd, env=self.env, start_new_session=True)
+
+    def start(self) -> None:
+        self.workers = [self._spawn(self.worker_cmd) for _ in range(self.worker_count)]
+        self.api = self._spawn(self.api_cmd)
+
+    def watch(self) -> None:
+        while not self.stopping:
+            for index, process in enumerate(self.workers):
+                if process.poll() is not None and not self.stopping:
+                    typer.secho(f"storyflow: worker exited ({process.returncode}); restarting it", err=True)
+                    self.workers[index] = self._spawn(self.worker_cmd)
+            if self.api and self.api.poll() is not None and not self.stopping:
+                typer.secho(f"storyflow: API exited ({self.api.returncode}); stopping", err=True, fg="red")
+                return
+            time.sleep(0.5)
+
+    def stop(self, worker_grace: float) -> None:
+        self.stopping = True
+        if self.api:
+            _terminate([self.api], CHILD_STOP_GRACE_S)
+        _terminate(self.workers, worker_grace + CHILD_STOP_GRACE_S)
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(min=0, help="worker processes to start")] = 1,
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    host: Annotated[str, typer.Option(help="API bind address")] = "127.0.0.1",
+) -> None:
+    """API plus N workers, plus an embedded Redis when STORYFLOW_REDIS_URL is unset. Ctrl-C stops all."""
+    from infra.embedded_redis import EmbeddedRedis, RedisBinaryNotFound
+
+    settings = load_settings()
+    env = dict(os.environ)
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(Path(settings.data_dir))
+        try:
+            env["STORYFLOW_REDIS_URL"] = embedded.start()
+        except RedisBinaryNotFound as exc:
+            typer.secho(f"storyflow: {exc}", err=True, fg="red")
+            raise typer.Exit(1) from None
+        typer.echo(f"storyflow: embedded Redis on 127.0.0.1:{embedded.port}, data in {settings.data_dir}")
+    supervisor = Supervisor(env, workers, port, host)
+    signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
+    try:
+        supervisor.start()
+        typer.echo(f"storyflow: API on http://{host}:{port} with {workers} worker(s); Ctrl-C stops")
+        supervisor.watch()
+    except KeyboardInterrupt:
+        typer.echo("storyflow: stopping")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        supervisor.stop(settings.shutdown_grace)
+        if embedded:
+            embedded.stop()
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def _register_client_commands() -> None:
+    try:
+        from client.cli import register
+    except ImportError:  # the client package is optional at this layer
+        return
+    register(app)
+
+
+_register_client_commands()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,82 @@
+"""Every Redis key storyflow writes, in one place.
+
+Tenant-owned keys live under ``sf:t:{tenant}:``. Tenant names, story ids, doc ids and job ids are
+validated against patterns that exclude ``:``, so one tenant's namespace can never reach into
+another's, whatever it is called.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sf"
+
+# arq's own keys (its queue, job payloads, in-progress markers, abort set) keep arq's defaults,
+# under its own prefix; see arq.constants.
+ARQ_QUEUE = "arq:queue"
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+ARQ_ABORT_SET = "arq:abort"
+
+WAKE_LIST = f"{PREFIX}:wake"  # workers BLPOP it to pick up new runs at once
+WORKERS_SEEN = f"{PREFIX}:workers:seen"  # zset worker id -> last heartbeat (ms)
+WORKERS_INFO = f"{PREFIX}:workers:info"  # hash worker id -> JSON description
+
+
+def tenant_prefix(tenant: str) -> str:
+    return f"{PREFIX}:t:{tenant}"
+
+
+def run(tenant: str, job_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:run:{job_id}"
+
+
+def run_events(tenant: str, job_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:run:{job_id}:events"
+
+
+def run_lease(job_id: str) -> str:
+    return f"{PREFIX}:lease:{job_id}"
+
+
+def runs_index(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}:runs"
+
+
+def story_runs_index(tenant: str, story_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:story:{story_id}:runs"
+
+
+def story_queue(tenant: str, story_id: str) -> str:
+    """Runs of one story not yet finished, in submission order; only the head may execute."""
+    return f"{tenant_prefix(tenant)}:story:{story_id}:queue"
+
+
+def idempotency(tenant: str, digest: str) -> str:
+    return f"{tenant_prefix(tenant)}:idem:{digest}"
+
+
+def document(tenant: str, doc_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:doc:{doc_id}"
+
+
+def documents_index(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}:docs"
+
+
+def story_memory(tenant: str, story_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:mem:{story_id}:story"
+
+
+def agent_memory(tenant: str, story_id: str, agent: str) -> str:
+    return f"{tenant_prefix(tenant)}:mem:{story_id}:agent:{agent}"
+
+
+def memory_agents_index(tenant: str, story_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:mem:{story_id}:agents"
+
+
+def arq_job(job_id: str) -> str:
+    return ARQ_JOB_PREFIX + job_id
+
+
+def arq_in_progress(job_id: str) -> str:
+    return ARQ_IN_PROGRESS_PREFIX + job_id

@@ -1,0 +1,34 @@
+"""The Redis connection: one pooled client per process, speaking JSON for arq job payloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+
+# Blocking reads (BLPOP, XREAD BLOCK) are issued in chunks shorter than this.
+SOCKET_TIMEOUT_S = 5.0
+BLOCK_CHUNK_S = 2.0
+
+
+def dumps_job(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data)
+
+
+def loads_job(raw: bytes) -> dict[str, Any]:
+    value: dict[str, Any] = orjson.loads(raw)
+    return value
+
+
+def create_redis(url: str, *, max_connections: int = 512) -> ArqRedis:
+    pool = ConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+    return ArqRedis(pool_or_conn=pool, job_serializer=dumps_job, job_deserializer=loads_job)

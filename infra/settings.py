@@ -1,0 +1,111 @@
+"""The one Settings object, read from STORYFLOW_* environment variables by API, worker and CLI."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+DEFAULT_TENANT = "default"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STORYFLOW_", extra="ignore", frozen=True)
+
+    redis_url: str | None = None
+    data_dir: Path = Path(".storyflow")
+    api_keys: Annotated[SecretStr | None, NoDecode] = None
+    max_input_bytes: PositiveInt = 65536
+    result_ttl: PositiveInt = 86400
+    job_timeout: PositiveInt = 600
+    llm_provider: Literal["echo", "openai"] = "echo"
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str | None = None
+    llm_timeout: PositiveFloat = 60.0
+    echo_delay: Annotated[float, Field(ge=0)] = 0.0
+    worker_concurrency: PositiveInt = 20
+
+    # Delivery (see README "Guarantees").
+    lease_seconds: Annotated[float, Field(ge=1)] = 10.0
+    shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
+    max_attempts: PositiveInt = 3
+    llm_retries: Annotated[int, Field(ge=0)] = 3
+    max_queued_runs: PositiveInt = 100_000
+    poll_interval: PositiveFloat = 1.0
+
+    # Limits.
+    max_body_bytes: PositiveInt = 1_048_576
+    max_doc_bytes: PositiveInt = 1_048_576
+    max_batch_runs: Annotated[int, Field(gt=0, le=1000)] = 1000
+
+    # Extra modules to import for agents and flows, comma-separated (plugins, tests).
+    agent_modules: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        scheme = urlparse(value).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_api_keys(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> Settings:
+        if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
+            raise ValueError("STORYFLOW_LLM_PROVIDER=openai needs STORYFLOW_LLM_BASE_URL and STORYFLOW_LLM_MODEL")
+        return self
+
+    @cached_property
+    def keys_to_tenants(self) -> dict[str, str]:
+        """API key -> tenant; empty when auth is off."""
+        if self.api_keys is None:
+            return {}
+        return {key: tenant for tenant, key in parse_api_keys(self.api_keys.get_secret_value())}
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_keys is not None
+
+    @property
+    def extra_agent_modules(self) -> list[str]:
+        return [m.strip() for m in self.agent_modules.split(",") if m.strip()]
+
+
+def parse_api_keys(raw: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        tenant, sep, key = item.partition(":")
+        if not sep or not key:
+            raise ValueError("STORYFLOW_API_KEYS must be comma-separated tenant:key pairs")
+        if not TENANT_PATTERN.match(tenant):
+            raise ValueError(f"tenant name {tenant!r} must match {TENANT_PATTERN.pattern}")
+        if len(key) < 8:
+            raise ValueError(f"the key of tenant {tenant!r} is shorter than 8 characters")
+        pairs.append((tenant, key))
+    if not pairs:
+        raise ValueError("STORYFLOW_API_KEYS holds no tenant:key pair")
+    return pairs

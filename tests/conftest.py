@@ -1,0 +1,143 @@
+"""A real Redis for the whole session (the embedded one `storyflow up` starts, or STORYFLOW_REDIS_URL),
+flushed between tests; helpers to run the API in process and workers in process or as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from api.main import create_app
+from infra.embedded_redis import EmbeddedRedis
+from infra.settings import Settings
+from worker.main import build_worker
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_AGENTS = "tests.support.agents"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("STORYFLOW_REDIS_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as embedded:
+        yield embedded.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url, "agent_modules": TEST_AGENTS, "lease_seconds": 3, "poll_interval": 0.2,
+        "shutdown_grace": 5,
+    }  # fmt: skip
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(redis_url: str, redis: Redis) -> Settings:
+    return make_settings(redis_url)
+
+
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://storyflow") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in api_client(settings):
+        yield c
+
+
+async def drain(settings: Settings) -> None:
+    """Run an in-process worker until the queue is empty (arq's burst mode)."""
+    worker = build_worker(settings, burst=True, handle_signals=False)
+    worker.poll_delay_s = 0.01
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+def child_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "STORYFLOW_REDIS_URL": redis_url, "STORYFLOW_AGENT_MODULES": TEST_AGENTS,
+        "STORYFLOW_LEASE_SECONDS": "3", "STORYFLOW_POLL_INTERVAL": "0.2", "STORYFLOW_SHUTDOWN_GRACE": "5",
+        "PYTHONPATH": str(ROOT),
+    })  # fmt: skip
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Worker and API processes started by a test, all stopped at its end."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def worker(self, **env: str) -> subprocess.Popen[bytes]:
+        return self._start(["worker"], env)
+
+    def api(self, port: int, **env: str) -> subprocess.Popen[bytes]:
+        return self._start(["api", "--port", str(port)], env)
+
+    def _start(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", *args], env=child_env(self.redis_url, **env), cwd=ROOT
+        )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes(redis_url: str, redis: Redis) -> Iterator[Processes]:
+    procs = Processes(redis_url)
+    yield procs
+    procs.stop_all()
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,150 @@
+"""Runs one attempt of a run: lease, flow, progress, then one fenced commit or failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.worker import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agents.llm import LLMClient
+from agents.registry import Catalog
+from infra.settings import Settings
+from memory.store import encode_memory_writes, load_story_context
+from worker.runstore import Attempt, RunStore
+
+logger = logging.getLogger("storyflow.worker")
+PREVIEW_CHARS = 200
+
+
+class LeaseLost(Exception):
+    """Another worker owns the run now (or it was cancelled): this attempt must not write."""
+
+
+@dataclass
+class ProgressTracker:
+    """Reports node starts and ends to the run record and its event stream."""
+
+    store: RunStore
+    attempt: Attempt
+    total: int
+    done: list[str] = field(default_factory=list)
+    current: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def progress(self) -> dict[str, Any]:
+        return {"done": list(self.done), "current": self.current, "total": self.total}
+
+    async def node_started(self, node: str) -> None:
+        self.current = node
+        await self._report("node_started", {"node": node})
+
+    async def node_finished(self, node: str, output: str) -> None:
+        self.done.append(node)
+        self.current = None
+        await self._report("node_finished", {"node": node, "preview": output[:PREVIEW_CHARS]})
+
+    async def _report(self, event: str, data: dict[str, Any]) -> None:
+        if not await self.store.progress(self.attempt, self.progress(), self.outputs, event, data):
+            raise LeaseLost(self.attempt.job_id)
+
+
+class FlowExecutor:
+    """Per worker process: executes runs with the catalog and LLM client made at start-up."""
+
+    def __init__(self, settings: Settings, store: RunStore, catalog: Catalog, llm: LLMClient) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.llm = llm
+        self.lease_ms = int(settings.lease_seconds * 1000)
+        self.runs_done = 0
+
+    async def execute(self, tenant: str, job_id: str) -> str:
+        token = uuid.uuid4().hex
+        try:
+            begun = await self.store.begin(
+                tenant, job_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise Retry(defer=1) from exc
+        if isinstance(begun, str):
+            logger.info("run %s not started: %s", job_id, begun)
+            return begun
+        return await self._supervise(begun)
+
+    async def _supervise(self, attempt: Attempt) -> str:
+        lease_lost = asyncio.Event()
+        run = asyncio.current_task()
+        assert run is not None
+        heartbeat = asyncio.create_task(self._keep_lease(attempt, run, lease_lost))
+        try:
+            return await self._run_attempt(attempt)
+        except asyncio.CancelledError:
+            if lease_lost.is_set():
+                raise Retry(defer=0) from None
+            # Shutdown or abort: give the run back unless it was cancelled (then the lease is gone).
+            await asyncio.shield(self.store.requeue(attempt))
+            raise
+        except (LeaseLost, RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning("run %s attempt %d stopped: %r", attempt.job_id, attempt.number, exc)
+            raise Retry(defer=1) from exc
+        finally:
+            heartbeat.cancel()
+
+    async def _keep_lease(self, attempt: Attempt, run: asyncio.Task[Any], lease_lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                still_ours = await self.store.renew(attempt.job_id, attempt.token, self.lease_ms)
+            except (RedisConnectionError, RedisTimeoutError):
+                continue
+            if not still_ours:
+                lease_lost.set()
+                run.cancel()
+                return
+
+    async def _run_attempt(self, attempt: Attempt) -> str:
+        spec = self.catalog.flows.get(attempt.flow)
+        if spec is None:
+            await self.store.fail(attempt, "unknown_flow", f"this worker does not know flow {attempt.flow!r}")
+            return "failed"
+        context = await load_story_context(
+            self.store.redis, attempt.tenant, attempt.story_id, list(spec.agents), list(spec.requires_docs)
+        )
+        if context.missing_docs:
+            await self.store.fail(attempt, "missing_documents", f"documents missing: {context.missing_docs}")
+            return "failed"
+        tracker = ProgressTracker(self.store, attempt, total=len(spec.agents))
+        shared: dict[str, Any] = {
+            "job_id": attempt.job_id, "story_id": attempt.story_id, "input": attempt.input,
+            "current": attempt.input, "docs": context.docs, "memory": context.memory,
+            "outputs": tracker.outputs, "tracker": tracker,
+        }  # fmt: skip
+        flow = self.catalog.build(spec.name, self.llm, max_retries=self.settings.llm_retries + 1)
+        try:
+            async with asyncio.timeout(self.settings.job_timeout):
+                await flow.run_async(shared)
+        except TimeoutError:
+            message = f"the run took longer than STORYFLOW_JOB_TIMEOUT={self.settings.job_timeout}s"
+            await self.store.fail(attempt, "timeout", message)
+            return "failed"
+        except (LeaseLost, RedisConnectionError, RedisTimeoutError):
+            raise
+        except Exception as exc:
+            logger.info("run %s failed in %s: %r", attempt.job_id, tracker.current, exc)
+            await self.store.fail(attempt, type(exc).__name__, str(exc) or repr(exc))
+            return "failed"
+        writes = encode_memory_writes(attempt.tenant, attempt.story_id, context.memory)
+        committed = await self.store.complete(
+            attempt, shared["current"], tracker.outputs, tracker.progress(), writes
+        )
+        if not committed:
+            raise LeaseLost(attempt.job_id)
+        self.runs_done += 1
+        return "complete"

@@ -1,0 +1,173 @@
+"""The worker process: an arq Worker that is woken for new runs and outlives Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agents.llm import create_llm
+from agents.registry import load_catalog
+from infra import keys
+from infra.redis import BLOCK_CHUNK_S, create_redis, dumps_job, loads_job
+from infra.settings import Settings
+from infra.timeutil import now_ms
+from worker.executor import FlowExecutor
+from worker.runstore import RUN_FUNCTION, RunStore
+
+logger = logging.getLogger("storyflow.worker")
+HEARTBEAT_S = 2.0
+VERSION = "0.1.0"
+
+
+async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str) -> str:
+    executor: FlowExecutor = ctx["executor"]
+    return await executor.execute(tenant, job_id)
+
+
+class StoryflowWorker(Worker):
+    """arq's Worker, but it blocks on a wake-up list between polls and waits out Redis outages."""
+
+    def __init__(self, settings: Settings, redis: ArqRedis, **kwargs: Any) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        super().__init__(
+            functions=[func(run_flow, name=RUN_FUNCTION, timeout=settings.job_timeout + 60, max_tries=10**9)],
+            redis_pool=redis,
+            max_jobs=settings.worker_concurrency,
+            poll_delay=settings.poll_interval,
+            keep_result=0,
+            job_serializer=dumps_job,
+            job_deserializer=loads_job,
+            allow_abort_jobs=True,
+            job_completion_wait=int(settings.shutdown_grace),
+            health_check_interval=3600,
+            on_startup=self._startup,
+            on_shutdown=self._shutdown,
+            **kwargs,
+        )
+        # arq's in-progress marker doubles as the lease: the executor renews both while it runs.
+        self.in_progress_timeout_s = settings.lease_seconds
+        self._slot_freed = asyncio.Event()
+        self._beat_task: asyncio.Task[None] | None = None
+
+    async def _startup(self, ctx: dict[str, Any]) -> None:
+        store = RunStore(self.pool, result_ttl=self.settings.result_ttl, max_queued=self.settings.max_queued_runs)
+        catalog = load_catalog(self.settings.extra_agent_modules)
+        ctx["executor"] = FlowExecutor(self.settings, store, catalog, create_llm(self.settings))
+        self._beat_task = asyncio.create_task(self._beat_forever())
+        logger.info("worker %s ready: flows %s, concurrency %d", self.worker_id, sorted(catalog.flows), self.max_jobs)
+
+    async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        if self._beat_task:
+            self._beat_task.cancel()
+        await ctx["executor"].llm.aclose()
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.WORKERS_SEEN, self.worker_id)
+            pipe.hdel(keys.WORKERS_INFO, self.worker_id)
+            await pipe.execute()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            try:
+                await self._beat()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                logger.warning("heartbeat failed: Redis unavailable")
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _beat(self) -> None:
+        executor: FlowExecutor = self.ctx["executor"]
+        info = {
+            "worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "version": VERSION,
+            "in_flight": self.job_counter, "runs_done": executor.runs_done, "seen_at": time.time(),
+        }  # fmt: skip
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.WORKERS_SEEN, {self.worker_id: now_ms()})
+            pipe.hset(keys.WORKERS_INFO, self.worker_id, orjson.dumps(info))
+            await pipe.execute()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
+    async def main(self) -> None:
+        self.ctx["redis"] = self.pool
+        await self._retry_redis(self._startup_once)
+        while True:
+            finished = await self._retry_redis(self._iterate)
+            if finished:
+                return
+
+    async def _startup_once(self) -> bool:
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        return True
+
+    async def _retry_redis(self, step: Any) -> bool:
+        delay = 0.1
+        while True:
+            try:
+                return bool(await step())
+            except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+                logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _iterate(self) -> bool:
+        await self._poll_iteration()
+        if self.burst and await self._burst_finished():
+            return True
+        await self._wait_for_work()
+        return False
+
+    async def _burst_finished(self) -> bool:
+        if await self.pool.zcard(self.queue_name):
+            return False
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            return False
+        return True
+
+    async def _wait_for_work(self) -> None:
+        timeout = min(self.poll_delay_s, BLOCK_CHUNK_S)
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            await self.pool.blpop([keys.WAKE_LIST], timeout=timeout)  # type: ignore[arg-type]
+            return
+        self._slot_freed.clear()
+        try:
+            await asyncio.wait_for(self._slot_freed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> StoryflowWorker:
+    if not settings.redis_url:
+        raise RuntimeError("STORYFLOW_REDIS_URL is not set")
+    redis = create_redis(settings.redis_url)
+    return StoryflowWorker(settings, redis, burst=burst, handle_signals=handle_signals)
+
+
+async def serve(settings: Settings, *, burst: bool = False) -> None:
+    worker = build_worker(settings, burst=burst)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await worker.close()
+
+
+def run(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(serve(settings))
