@@ -64,7 +64,8 @@ class Agent(AsyncNode):  # type: ignore[misc]
         parts += [f"## Document {doc_id}\n{content}" for doc_id, content in docs.items()]
         story = memory.story.snapshot()
         if story:
-            parts.append("## What the team knows about this story\n" + "\n".join(f"- {k}: {v}" for k, v in story.items()))
+            known = "\n".join(f"- {key}: {value}" for key, value in story.items())
+            parts.append(f"## What the team knows about this story\n{known}")
         return "\n\n".join(parts)
 
     def remember(self, memory: AgentMemory, output: str) -> None:

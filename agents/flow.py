@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from pocketflow import AsyncFlow
 
 from agents.base import Agent
@@ -16,6 +18,6 @@ FLOWS: dict[str, tuple[str, ...]] = {
 def build_flow(agent_classes: list[type[Agent]], llm: LLMClient, *, max_retries: int, wait: float) -> AsyncFlow:
     """A fresh AsyncFlow chaining the agents in order; built per run, nodes hold no run state."""
     nodes = [cls(llm, max_retries=max_retries, wait=wait) for cls in agent_classes]
-    for current, following in zip(nodes, nodes[1:], strict=False):
+    for current, following in pairwise(nodes):
         current >> following
     return AsyncFlow(start=nodes[0])

@@ -41,5 +41,6 @@ def create_llm(settings: Settings) -> LLMClient:
     if settings.llm_provider == "openai":
         from agents.openai_llm import OpenAILLM
 
-        return OpenAILLM(settings)
+        client: LLMClient = OpenAILLM(settings)
+        return client
     return EchoLLM(settings.echo_delay)

@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.redis.aclose()
 
-    app = FastAPI(title="storyflow", version="0.1.0", lifespan=lifespan)
+    # /docs is the contract's documents route, so the interactive API docs live at /swagger.
+    app = FastAPI(title="storyflow", version="0.1.0", lifespan=lifespan, docs_url="/swagger", redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     for module in (runs, docs, memory, flows, health):

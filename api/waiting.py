@@ -15,7 +15,12 @@ Event = tuple[str, str, str]  # (stream id, event name, JSON data)
 
 
 async def read_events(
-    redis: Redis, tenant: str, job_id: str, *, after: str = "0-0", timeout: float | None = None
+    redis: Redis,
+    tenant: str,
+    job_id: str,
+    *,
+    after: str = "0-0",
+    timeout: float | None = None,  # noqa: ASYNC109
 ) -> AsyncIterator[Event]:
     """The run's events after `after`, as they come, until a terminal one or the timeout."""
     loop = asyncio.get_running_loop()
@@ -35,7 +40,7 @@ async def read_events(
                     return
 
 
-async def wait_until_finished(redis: Redis, tenant: str, job_id: str, timeout: float) -> bool:
+async def wait_until_finished(redis: Redis, tenant: str, job_id: str, timeout: float) -> bool:  # noqa: ASYNC109
     async for _, name, _ in read_events(redis, tenant, job_id, timeout=timeout):
         if name in TERMINAL_EVENTS:
             return True

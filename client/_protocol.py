@@ -15,6 +15,7 @@ from client.errors import error_from_response, unexpected_body
 from client.models import (
     BatchInvalid,
     BatchItem,
+    BatchRejected,
     DocInfo,
     Document,
     DocWritten,
@@ -199,6 +200,8 @@ def _parse_batch_item(item: Any, response: httpx.Response) -> BatchItem:
         return parse_model(PendingDocs, item, response)
     if status == "invalid":
         return parse_model(BatchInvalid, item, response)
+    if status == "rejected":
+        return parse_model(BatchRejected, item, response)
     return parse_model(RunAccepted, item, response)
 
 

@@ -138,7 +138,7 @@ class AsyncStoryflowClient:
     async def wait(
         self,
         job_id: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the same signature as StoryflowClient.wait
         *,
         on_event: protocol.EventCallback | None = None,
     ) -> RunRecord:

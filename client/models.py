@@ -85,8 +85,20 @@ class BatchInvalid(_ServerModel):
         return describe_detail(self.error)
 
 
+class BatchRejected(_ServerModel):
+    """A `POST /runs/batch` item the server could not take now (its queue is full); submit it again later."""
+
+    job_id: None = None
+    status: Literal["rejected"] = "rejected"
+    error: Any = None
+
+    @property
+    def message(self) -> str:
+        return describe_detail(self.error)
+
+
 SubmitResult = RunAccepted | PendingDocs | RunRecord
-BatchItem = RunAccepted | PendingDocs | BatchInvalid
+BatchItem = RunAccepted | PendingDocs | BatchInvalid | BatchRejected
 
 
 class FlowInfo(_ServerModel):
@@ -104,6 +116,7 @@ class Document(_ServerModel):
 class DocInfo(_ServerModel):
     doc_id: str
     updated_at: datetime | None = None
+    bytes: int | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -132,9 +132,7 @@ class StoryflowClient:
         self._follow_events(job_id, deadline, on_event)
         return self._poll_until_finished(job_id, deadline)
 
-    def _follow_events(
-        self, job_id: str, deadline: protocol.Deadline, on_event: protocol.EventCallback | None
-    ) -> None:
+    def _follow_events(self, job_id: str, deadline: protocol.Deadline, on_event: protocol.EventCallback | None) -> None:
         last_event_id: str | None = None
         failures = 0
         while failures < protocol.EVENT_STREAM_RETRIES:

@@ -31,7 +31,9 @@ def load_settings() -> Settings:
 
 def require_redis_url(settings: Settings) -> str:
     if not settings.redis_url:
-        typer.secho("storyflow: set STORYFLOW_REDIS_URL (or use `storyflow up`, which starts Redis)", err=True, fg="red")
+        typer.secho(
+            "storyflow: set STORYFLOW_REDIS_URL (or use `storyflow up`, which starts Redis)", err=True, fg="red"
+        )
         raise typer.Exit(2)
     return settings.redis_url
 
@@ -82,7 +84,7 @@ class Supervisor:
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         # A session of their own: Ctrl-C reaches only us, and we stop the children in order.
-        return subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        return subprocess.Popen(cmd, env=self.env, start_new_session=True)  # noqa: S603 (our own interpreter)
 
     def start(self) -> None:
         self.workers = [self._spawn(self.worker_cmd) for _ in range(self.worker_count)]

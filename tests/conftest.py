@@ -73,7 +73,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 async def drain(settings: Settings) -> None:
     """Run an in-process worker until the queue is empty (arq's burst mode)."""
-    worker = build_worker(settings, burst=True, handle_signals=False)
+    worker = build_worker(settings, burst=True)
     worker.poll_delay_s = 0.01
     try:
         await worker.main()
@@ -141,3 +141,15 @@ async def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def background_worker(settings: Settings) -> AsyncIterator[Any]:
+    """An in-process worker that keeps running for the test (not burst)."""
+    worker = build_worker(settings)
+    task = asyncio.create_task(worker.main())
+    yield worker
+    worker.settings = worker.settings.model_copy(update={"shutdown_grace": 0})
+    worker.request_stop()
+    await task
+    await worker.close()

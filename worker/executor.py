@@ -141,9 +141,7 @@ class FlowExecutor:
             await self.store.fail(attempt, type(exc).__name__, str(exc) or repr(exc))
             return "failed"
         writes = encode_memory_writes(attempt.tenant, attempt.story_id, context.memory)
-        committed = await self.store.complete(
-            attempt, shared["current"], tracker.outputs, tracker.progress(), writes
-        )
+        committed = await self.store.complete(attempt, shared["current"], tracker.outputs, tracker.progress(), writes)
         if not committed:
             raise LeaseLost(attempt.job_id)
         self.runs_done += 1

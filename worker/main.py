@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -50,7 +52,7 @@ class StoryflowWorker(Worker):
             job_serializer=dumps_job,
             job_deserializer=loads_job,
             allow_abort_jobs=True,
-            job_completion_wait=int(settings.shutdown_grace),
+            handle_signals=False,
             health_check_interval=3600,
             on_startup=self._startup,
             on_shutdown=self._shutdown,
@@ -59,6 +61,7 @@ class StoryflowWorker(Worker):
         # arq's in-progress marker doubles as the lease: the executor renews both while it runs.
         self.in_progress_timeout_s = settings.lease_seconds
         self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
         self._beat_task: asyncio.Task[None] | None = None
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
@@ -93,20 +96,35 @@ class StoryflowWorker(Worker):
         }  # fmt: skip
         async with self.pool.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.WORKERS_SEEN, {self.worker_id: now_ms()})
-            pipe.hset(keys.WORKERS_INFO, self.worker_id, orjson.dumps(info))
+            pipe.hset(keys.WORKERS_INFO, self.worker_id, orjson.dumps(info).decode())
             await pipe.execute()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
 
+    def request_stop(self) -> None:
+        """Graceful stop (SIGTERM, Ctrl-C): take no new runs, let in-flight ones finish within the grace."""
+        logger.info("worker %s stopping: %d runs in flight", self.worker_id, self.job_counter)
+        self.allow_pick_jobs = False
+        self._stop.set()
+
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
         await self._retry_redis(self._startup_once)
-        while True:
-            finished = await self._retry_redis(self._iterate)
-            if finished:
+        while not self._stop.is_set():
+            if await self._retry_redis(self._iterate):
                 return
+        await self._finish_in_flight()
+
+    async def _finish_in_flight(self) -> None:
+        """Wait up to the grace period; runs still going are then handed back to the queue at once."""
+        running = [task for task in self.tasks.values() if not task.done()]
+        if running:
+            _, running_set = await asyncio.wait(running, timeout=self.settings.shutdown_grace)
+            for task in running_set:
+                task.cancel()
+            await asyncio.gather(*running_set, return_exceptions=True)
 
     async def _startup_once(self) -> bool:
         if self.on_startup:
@@ -119,6 +137,10 @@ class StoryflowWorker(Worker):
             try:
                 return bool(await step())
             except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py may turn a cancellation mid-command into a connection error.
+                    raise asyncio.CancelledError from exc
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -140,29 +162,29 @@ class StoryflowWorker(Worker):
 
     async def _wait_for_work(self) -> None:
         timeout = min(self.poll_delay_s, BLOCK_CHUNK_S)
+        if self._stop.is_set():
+            return
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            await self.pool.blpop([keys.WAKE_LIST], timeout=timeout)  # type: ignore[arg-type]
+            await self.pool.blpop([keys.WAKE_LIST], timeout=timeout)  # type: ignore[arg-type,misc]
             return
         self._slot_freed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._slot_freed.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
-def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> StoryflowWorker:
+def build_worker(settings: Settings, *, burst: bool = False) -> StoryflowWorker:
     if not settings.redis_url:
         raise RuntimeError("STORYFLOW_REDIS_URL is not set")
-    redis = create_redis(settings.redis_url)
-    return StoryflowWorker(settings, redis, burst=burst, handle_signals=handle_signals)
+    return StoryflowWorker(settings, create_redis(settings.redis_url), burst=burst)
 
 
 async def serve(settings: Settings, *, burst: bool = False) -> None:
     worker = build_worker(settings, burst=burst)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.request_stop)
     try:
-        await worker.async_run()
-    except asyncio.CancelledError:
-        pass
+        await worker.main()
     finally:
         await worker.close()
 

@@ -142,9 +142,7 @@ class RunStore:
 
     # --- worker side ----------------------------------------------------------------------
 
-    async def begin(
-        self, tenant: str, job_id: str, token: str, *, lease_ms: int, max_attempts: int
-    ) -> Attempt | str:
+    async def begin(self, tenant: str, job_id: str, token: str, *, lease_ms: int, max_attempts: int) -> Attempt | str:
         """Start an attempt and take the lease; else why not: 'gone', 'skip' or 'exhausted'."""
         story_id = await self.redis.hget(keys.run(tenant, job_id), "story_id")  # type: ignore[misc]
         if story_id is None:
@@ -154,7 +152,7 @@ class RunStore:
             keys.run_events(tenant, job_id), keys.story_queue(tenant, orjson.loads(story_id)),
             keys.ARQ_QUEUE, keys.WAKE_LIST,
         ]  # fmt: skip
-        args = [token, lease_ms, _j(now_iso()), max_attempts, now_ms(), self.result_ttl, job_id]
+        args: list[str | int] = [token, lease_ms, _j(now_iso()), max_attempts, now_ms(), self.result_ttl, job_id]
         reply = await self._begin(keys=script_keys, args=args)
         if reply[0] != b"run":
             return str(reply[0].decode())
@@ -184,8 +182,8 @@ class RunStore:
             keys.ARQ_QUEUE, keys.WAKE_LIST,
         ]  # fmt: skip
         flat = _flatten(fields)
-        args = [attempt.token, attempt.job_id, now_ms(), self.result_ttl, event, _j(data), len(flat), *flat]
-        return bool(await self._finish(keys=script_keys, args=args + memory_writes))
+        args: list[str | int] = [attempt.token, attempt.job_id, now_ms(), self.result_ttl, event, _j(data), len(flat)]
+        return bool(await self._finish(keys=script_keys, args=[*args, *flat, *memory_writes]))
 
     async def complete(
         self, attempt: Attempt, result: str | None, outputs: dict[str, str], progress: dict[str, Any],

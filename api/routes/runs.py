@@ -203,5 +203,3 @@ async def _with_docs(
         else:
             ready.append((position, run))
     return ready
-
-
