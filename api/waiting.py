@@ -31,6 +31,8 @@ async def read_events(
         if remaining <= 0:
             return
         reply = await redis.xread({stream: after}, block=max(1, int(remaining * 1000)), count=100)
+        if not reply and not await redis.exists(keys.run(tenant, job_id)):
+            return  # the run expired or never existed
         for _, entries in reply:
             for entry_id, fields in entries:
                 after = entry_id.decode()

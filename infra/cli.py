@@ -128,17 +128,17 @@ def up(
     host: Annotated[str, typer.Option(help="API bind address")] = "127.0.0.1",
 ) -> None:
     """API plus N workers, plus an embedded Redis when STORYFLOW_REDIS_URL is unset. Ctrl-C stops all."""
-    from infra.embedded_redis import EmbeddedRedis, RedisBinaryNotFound
+    from infra.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
     settings = load_settings()
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
-        embedded = EmbeddedRedis(Path(settings.data_dir))
         try:
+            embedded = EmbeddedRedis(Path(settings.data_dir))
             env["STORYFLOW_REDIS_URL"] = embedded.start()
-        except RedisBinaryNotFound as exc:
-            typer.secho(f"storyflow: {exc}", err=True, fg="red")
+        except EmbeddedRedisError as exc:
+            typer.secho(f"storyflow: {str(exc).splitlines()[0]}", err=True, fg="red")
             raise typer.Exit(1) from None
         typer.echo(f"storyflow: embedded Redis on 127.0.0.1:{embedded.port}, data in {settings.data_dir}")
     supervisor = Supervisor(env, workers, port, host)
