@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 from agents.base import Agent
 from memory.manager import AgentMemory
@@ -44,3 +46,33 @@ FLOWS = {
     "slow_then_summary": ("slow", "summarizer"),
     "blocking": ("blocker",),
 }
+
+
+class Crasher(Agent):
+    """Kills its worker process mid-run, like an OOM kill or a segfault would."""
+
+    name = "crasher"
+    prompt = "Crash."
+
+    async def exec_async(self, prep_res: object) -> str:
+        os._exit(137)
+
+
+class BlockOnce(Agent):
+    """Blocks the event loop past the lease on its first attempt only (input: blockonce=SECONDS:MARKER)."""
+
+    name = "blockonce"
+    prompt = "Block once."
+
+    async def exec_async(self, prep_res: object) -> str:
+        seconds, marker = getattr(prep_res, "input", "").split("blockonce=")[-1].split(":", 1)
+        if not Path(marker).exists():
+            Path(marker).touch()
+            time.sleep(float(seconds))
+        return "[blockonce] done"
+
+    def remember(self, memory: AgentMemory, output: str) -> None:
+        memory.story.set("blockonce_commits", int(memory.story.get("blockonce_commits", 0)) + 1)
+
+
+FLOWS.update({"crash": ("crasher",), "block_once": ("blockonce",)})
