@@ -65,8 +65,20 @@ def get_tenant(
     return tenant
 
 
+def get_ops_tenant(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str | None:
+    """Operations routes (/readyz, /metrics): protected like the rest unless STORYFLOW_PUBLIC_OPS."""
+    if settings.public_ops:
+        return None
+    return get_tenant(settings, authorization, x_api_key)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[RunStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+OpsAccessDep = Annotated[str | None, Depends(get_ops_tenant)]

@@ -32,7 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.catalog = load_catalog(settings.extra_agent_modules)
         app.state.redis = create_redis(settings.redis_url)
-        app.state.store = RunStore(app.state.redis, result_ttl=settings.result_ttl, max_queued=settings.max_queued_runs)
+        app.state.store = RunStore(
+            app.state.redis,
+            result_ttl=settings.result_ttl,
+            max_queued=settings.max_queued_runs,
+            max_active_per_tenant=settings.max_active_runs_per_tenant,
+            submissions_per_minute=settings.submissions_per_minute,
+        )
         try:
             yield
         finally:

@@ -45,6 +45,15 @@ def story_runs_index(tenant: str, story_id: str) -> str:
     return f"{tenant_prefix(tenant)}:story:{story_id}:runs"
 
 
+def active_runs(tenant: str) -> str:
+    """Runs queued or running (a set); its name is derived the same way in worker/scripts.py."""
+    return f"{tenant_prefix(tenant)}:active"
+
+
+def submissions_in_minute(tenant: str, epoch_minute: int) -> str:
+    return f"{tenant_prefix(tenant)}:rate:{epoch_minute}"
+
+
 def story_queue(tenant: str, story_id: str) -> str:
     """Runs of one story not yet finished, in submission order; only the head may execute."""
     return f"{tenant_prefix(tenant)}:story:{story_id}:queue"

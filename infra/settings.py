@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_attempts: PositiveInt = 3
     llm_retries: Annotated[int, Field(ge=0)] = 3
     max_queued_runs: PositiveInt = 100_000
+    # Per tenant, shared by every API process through Redis; 0 means no limit.
+    max_active_runs_per_tenant: Annotated[int, Field(ge=0)] = 0
+    submissions_per_minute: Annotated[int, Field(ge=0)] = 0
+    public_ops: bool = False  # /readyz and /metrics without an API key
     poll_interval: PositiveFloat = 1.0
 
     # Limits.

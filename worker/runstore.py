@@ -38,8 +38,8 @@ RECORD_FIELDS = (
 
 @dataclass(frozen=True)
 class SubmitOutcome:
-    status: Literal["queued", "existing", "full"]
-    job_id: str
+    status: Literal["queued", "existing", "full", "too_many_active", "rate_limited"]
+    job_id: str  # for rate limits: the seconds to wait
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,15 @@ def idempotency_digest(key: str) -> str:
 
 
 class RunStore:
-    def __init__(self, redis: Redis, *, result_ttl: int, max_queued: int) -> None:
+    def __init__(
+        self, redis: Redis, *, result_ttl: int, max_queued: int, max_active_per_tenant: int = 0,
+        submissions_per_minute: int = 0,
+    ) -> None:  # fmt: skip
         self.redis = redis
         self.result_ttl = result_ttl
         self.max_queued = max_queued
+        self.max_active_per_tenant = max_active_per_tenant
+        self.submissions_per_minute = submissions_per_minute
         self._submit = redis.register_script(scripts.SUBMIT)
         self._begin = redis.register_script(scripts.BEGIN)
         self._renew = redis.register_script(scripts.RENEW)
@@ -105,9 +110,10 @@ class RunStore:
         script_keys = [
             keys.run(tenant, job_id), keys.story_queue(tenant, story_id), keys.arq_job(job_id),
             keys.ARQ_QUEUE, keys.WAKE_LIST, keys.runs_index(tenant),
-            keys.story_runs_index(tenant, story_id), idem,
+            keys.story_runs_index(tenant, story_id), idem, keys.submissions_in_minute(tenant, score // 60_000),
         ]  # fmt: skip
-        args = [job_id, payload, score, ARQ_JOB_TTL_MS, self.max_queued, self.result_ttl, *_flatten(record)]
+        limits = [self.max_active_per_tenant, self.submissions_per_minute, 60 - (score // 1000) % 60]
+        args = [job_id, payload, score, ARQ_JOB_TTL_MS, self.max_queued, self.result_ttl, *limits, *_flatten(record)]
         return script_keys, args
 
     async def submit(self, tenant: str, job_id: str, **fields: Any) -> SubmitOutcome:

@@ -30,8 +30,14 @@ local function advance_story(story_queue, arq_queue, wake, job_id, now_ms)
   end
 end
 
+-- The tenant's set of runs queued or running, next to the run record key.
+local function active_runs_key(record_key)
+  return (string.gsub(record_key, ':run:[^:]+$', ':active'))
+end
+
 -- keys: record, events, story_queue, arq_queue, wake
 local function finish(k, job_id, now_ms, ttl, event, data, fields)
+  redis.call('SREM', active_runs_key(k[1]), job_id)
   redis.call('HSET', k[1], unpack(fields))
   redis.call('EXPIRE', k[1], ttl)
   emit(k[2], event, data, ttl)
@@ -49,8 +55,11 @@ local function is_terminal(status)
 end
 """
 
-# KEYS: record, story_queue, arq_job, arq_queue, wake, runs_index, story_runs_index, idempotency ('' if none)
-# ARGV: job_id, arq_payload, score_ms, arq_job_ttl_ms, max_queued, idempotency_ttl_s, record fields...
+# KEYS: record, story_queue, arq_job, arq_queue, wake, runs_index, story_runs_index, idempotency ('' if none),
+#       tenant's submissions this minute
+# ARGV: job_id, arq_payload, score_ms, arq_job_ttl_ms, max_queued, idempotency_ttl_s,
+#       max active runs of the tenant (0: no limit), max submissions per minute (0: no limit),
+#       seconds left in this minute, record fields...
 SUBMIT = (
     COMMON
     + """
@@ -59,7 +68,16 @@ if KEYS[8] ~= '' then
   if existing then return {'existing', existing} end
 end
 if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then return {'full', ''} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local active = active_runs_key(KEYS[1])
+if tonumber(ARGV[7]) > 0 and redis.call('SCARD', active) >= tonumber(ARGV[7]) then
+  return {'too_many_active', '5'}
+end
+if tonumber(ARGV[8]) > 0 then
+  if redis.call('INCR', KEYS[9]) > tonumber(ARGV[8]) then return {'rate_limited', ARGV[9]} end
+  redis.call('EXPIRE', KEYS[9], 61)
+end
+redis.call('SADD', active, ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('PSETEX', KEYS[3], ARGV[4], ARGV[2])
 if redis.call('RPUSH', KEYS[2], ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])

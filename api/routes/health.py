@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from api.deps import RedisDep, TenantDep
+from api.deps import OpsAccessDep, RedisDep
 from api.errors import error_responses
 from api.schemas import Health
 from infra import keys
@@ -22,7 +22,7 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}, **error_responses(401)})
-async def readyz(redis: RedisDep, tenant: TenantDep) -> JSONResponse:
+async def readyz(redis: RedisDep, access: OpsAccessDep) -> JSONResponse:
     try:
         await redis.ping()
         workers = await redis.zcount(keys.WORKERS_SEEN, now_ms() - WORKER_FRESH_MS, "+inf")

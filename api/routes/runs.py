@@ -49,8 +49,14 @@ def accepted(job_id: str) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"Location": f"/run/{job_id}"})
 
 
-def full_queue() -> JSONResponse:
-    return unavailable("the queue is full; retry later")
+def refused(outcome: SubmitOutcome) -> JSONResponse:
+    if outcome.status == "full":
+        return unavailable("the queue is full; retry later")
+    message = {
+        "too_many_active": "too many runs queued or running for this tenant; retry later",
+        "rate_limited": "too many submissions this minute for this tenant; retry later",
+    }[outcome.status]
+    return JSONResponse({"detail": message}, status_code=429, headers={"Retry-After": outcome.job_id})
 
 
 @router.post(
@@ -77,8 +83,8 @@ async def submit_run(
     if missing:
         return JSONResponse(RunAccepted(job_id=None, status="pending_docs", pending_docs=missing).model_dump())
     outcome = await store.submit(tenant, uuid.uuid4().hex, **submit_fields(body, catalog, idempotency_key))
-    if outcome.status == "full":
-        return full_queue()
+    if outcome.status not in ("queued", "existing"):
+        return refused(outcome)
     if wait and await wait_until_finished(redis, tenant, outcome.job_id, wait):
         record = await store.get(tenant, outcome.job_id)
         if record is not None:
@@ -183,8 +189,8 @@ def invalid(detail: Any) -> dict[str, Any]:
 
 
 def _batch_answer(outcome: SubmitOutcome) -> dict[str, Any]:
-    if outcome.status == "full":
-        return {"job_id": None, "status": "rejected", "pending_docs": None, "error": "the queue is full"}
+    if outcome.status not in ("queued", "existing"):
+        return {"job_id": None, "status": "rejected", "pending_docs": None, "error": outcome.status}
     return {"job_id": outcome.job_id, "status": "queued", "pending_docs": None}
 
 

@@ -1,0 +1,1 @@
+"""storyflow's benchmark: `python -m bench [--quick]` prints a markdown table of storyflow against baselines."""
