@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from agents.registry import load_catalog
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import docs, events, flows, health, memory, runs
+from api.routes import docs, events, flows, health, memory, metrics, runs, workers
 from infra.redis import create_redis
 from infra.settings import Settings
 from worker.runstore import RunStore
@@ -48,6 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="storyflow", version="0.1.0", lifespan=lifespan, docs_url="/swagger", redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (runs, events, docs, memory, flows, health):
+    for module in (runs, events, docs, memory, flows, health, workers, metrics):
         app.include_router(module.router)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -39,7 +38,9 @@ def require_redis_url(settings: Settings) -> str:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from infra.logs import configure_logging as configure
+
+    configure(settings.log_level)
 
 
 @app.command()
@@ -55,7 +56,7 @@ def api(
     configure_logging(settings)
     uvicorn.run(
         "api.main:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
-        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5,
+        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5, log_config=None,
     )  # fmt: skip
 
 

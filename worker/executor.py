@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.llm import LLMClient
 from agents.registry import Catalog
+from infra.metrics import LocalMetrics
 from infra.settings import Settings
 from memory.store import encode_memory_writes, load_story_context
 from worker.runstore import Attempt, RunStore
@@ -33,20 +35,25 @@ class ProgressTracker:
     store: RunStore
     attempt: Attempt
     total: int
+    metrics: LocalMetrics
     done: list[str] = field(default_factory=list)
     current: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    node_started_at: float = 0.0
 
     def progress(self) -> dict[str, Any]:
         return {"done": list(self.done), "current": self.current, "total": self.total}
 
     async def node_started(self, node: str) -> None:
         self.current = node
+        self.node_started_at = time.monotonic()
         await self._report("node_started", {"node": node})
 
     async def node_finished(self, node: str, output: str) -> None:
         self.done.append(node)
         self.current = None
+        seconds = time.monotonic() - self.node_started_at
+        self.metrics.observe("storyflow_node_duration_seconds", seconds, flow=self.attempt.flow, node=node)
         await self._report("node_finished", {"node": node, "preview": output[:PREVIEW_CHARS]})
 
     async def _report(self, event: str, data: dict[str, Any]) -> None:
@@ -58,10 +65,13 @@ class FlowExecutor:
     """Per worker process: executes runs with the catalog and LLM client made at start-up."""
 
     def __init__(self, settings: Settings, store: RunStore, catalog: Catalog, llm: LLMClient) -> None:
+        from worker.instrumentation import MeteredLLM
+
         self.settings = settings
         self.store = store
         self.catalog = catalog
-        self.llm = llm
+        self.metrics = LocalMetrics()
+        self.llm = MeteredLLM(llm, self.metrics)
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.runs_done = 0
 
@@ -74,9 +84,18 @@ class FlowExecutor:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise Retry(defer=1) from exc
         if isinstance(begun, str):
-            logger.info("run %s not started: %s", job_id, begun)
+            logger.info("run not started: %s", begun, extra={"job_id": job_id, "tenant": tenant})
             return begun
-        return await self._supervise(begun)
+        if begun.number > 1:
+            self.metrics.inc("storyflow_run_retries_total", flow=begun.flow)
+        started = time.monotonic()
+        log = {"job_id": job_id, "tenant": tenant, "story_id": begun.story_id, "flow": begun.flow}
+        logger.info("run started", extra={**log, "attempt": begun.number})
+        outcome = await self._supervise(begun)
+        seconds = time.monotonic() - started
+        self.metrics.observe("storyflow_run_duration_seconds", seconds, flow=begun.flow, status=outcome)
+        logger.info("run %s", outcome, extra={**log, "attempt": begun.number, "duration_s": round(seconds, 4)})
+        return outcome
 
     async def _supervise(self, attempt: Attempt) -> str:
         lease_lost = asyncio.Event()
@@ -120,7 +139,7 @@ class FlowExecutor:
         if context.missing_docs:
             await self.store.fail(attempt, "missing_documents", f"documents missing: {context.missing_docs}")
             return "failed"
-        tracker = ProgressTracker(self.store, attempt, total=len(spec.agents))
+        tracker = ProgressTracker(self.store, attempt, total=len(spec.agents), metrics=self.metrics)
         shared: dict[str, Any] = {
             "job_id": attempt.job_id, "story_id": attempt.story_id, "input": attempt.input,
             "current": attempt.input, "docs": context.docs, "memory": context.memory,
@@ -137,7 +156,7 @@ class FlowExecutor:
         except (LeaseLost, RedisConnectionError, RedisTimeoutError):
             raise
         except Exception as exc:
-            logger.info("run %s failed in %s: %r", attempt.job_id, tracker.current, exc)
+            logger.info("agent %s failed: %r", tracker.current, exc, extra={"job_id": attempt.job_id})
             await self.store.fail(attempt, type(exc).__name__, str(exc) or repr(exc))
             return "failed"
         writes = encode_memory_writes(attempt.tenant, attempt.story_id, context.memory)

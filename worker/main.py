@@ -74,6 +74,8 @@ class StoryflowWorker(Worker):
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
         if self._beat_task:
             self._beat_task.cancel()
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await self._beat()  # the last metrics
         await ctx["executor"].llm.aclose()
         async with self.pool.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.WORKERS_SEEN, self.worker_id)
@@ -97,7 +99,12 @@ class StoryflowWorker(Worker):
         async with self.pool.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.WORKERS_SEEN, {self.worker_id: now_ms()})
             pipe.hset(keys.WORKERS_INFO, self.worker_id, orjson.dumps(info).decode())
-            await pipe.execute()
+            flushed = executor.metrics.flush_into(pipe)
+            try:
+                await pipe.execute()
+            except BaseException:
+                executor.metrics.restore(flushed)
+                raise
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

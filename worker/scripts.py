@@ -35,8 +35,14 @@ local function active_runs_key(record_key)
   return (string.gsub(record_key, ':run:[^:]+$', ':active'))
 end
 
+local function count_finished(record_key, status)
+  local flow = cjson.decode(redis.call('HGET', record_key, 'flow'))
+  redis.call('HINCRBYFLOAT', 'sf:metrics', 'storyflow_runs_finished_total|flow=' .. flow .. ',status=' .. status, 1)
+end
+
 -- keys: record, events, story_queue, arq_queue, wake
 local function finish(k, job_id, now_ms, ttl, event, data, fields)
+  count_finished(k[1], event)
   redis.call('SREM', active_runs_key(k[1]), job_id)
   redis.call('HSET', k[1], unpack(fields))
   redis.call('EXPIRE', k[1], ttl)
@@ -78,6 +84,8 @@ if tonumber(ARGV[8]) > 0 then
 end
 redis.call('SADD', active, ARGV[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+local flow = cjson.decode(redis.call('HGET', KEYS[1], 'flow'))
+redis.call('HINCRBYFLOAT', 'sf:metrics', 'storyflow_runs_submitted_total|flow=' .. flow, 1)
 redis.call('PSETEX', KEYS[3], ARGV[4], ARGV[2])
 if redis.call('RPUSH', KEYS[2], ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])

@@ -1,0 +1,100 @@
+"""Operations: metrics across processes, live workers, structured logs without secrets."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from infra.logs import JsonFormatter
+from infra.metrics import LocalMetrics, parse_field
+from infra.settings import Settings
+from tests.conftest import ROOT, api_client, child_env, drain, make_settings, wait_for
+
+RUN = {"input": "Users want PDF export.", "story_id": "story-1"}
+
+
+async def test_metrics_count_runs_durations_and_llm_calls(client: httpx.AsyncClient, settings: Settings) -> None:
+    await client.post("/run", json=RUN)
+    await client.post("/run", json={**RUN, "flow": "explode", "story_id": "s2"})
+    await client.post("/run", json={**RUN, "story_id": "s3"})
+    await drain(settings)
+    text = (await client.get("/metrics")).text
+    assert 'storyflow_runs_submitted_total{flow="default"} 2.0' in text
+    assert 'storyflow_runs_finished_total{flow="default",status="complete"} 2.0' in text
+    assert 'storyflow_runs_finished_total{flow="explode",status="failed"} 1.0' in text
+    assert 'storyflow_run_duration_seconds_count{flow="default",status="complete"} 2.0' in text
+    assert 'storyflow_node_duration_seconds_bucket{flow="default",le="+Inf",node="analyst"} 2.0' in text
+    assert 'storyflow_llm_calls_total{provider="echo"} 5.0' in text  # two runs of two, and the analyst of explode
+    assert "storyflow_queue_depth 0.0" in text
+    assert "storyflow_workers_live 0.0" in text
+
+
+async def test_metrics_see_the_queue(client: httpx.AsyncClient) -> None:
+    await client.post("/run", json=RUN)
+    await client.post("/run", json={**RUN, "story_id": "other"})
+    assert "storyflow_queue_depth 2.0" in (await client.get("/metrics")).text
+
+
+async def test_metrics_and_workers_need_a_key_when_auth_is_on(redis_url: str, redis: Redis) -> None:
+    async for client in api_client(make_settings(redis_url, api_keys="ops:ops-key-1234")):
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/workers")).status_code == 401
+        assert (await client.get("/metrics", headers={"X-API-Key": "ops-key-1234"})).status_code == 200
+
+
+async def test_workers_lists_live_workers(client: httpx.AsyncClient, background_worker: object) -> None:
+    async def listed() -> list:
+        workers: list = (await client.get("/workers")).json()
+        return workers
+
+    workers = await wait_for(listed, timeout=5)
+    assert len(workers) == 1
+    assert {"worker_id", "host", "pid", "version", "in_flight", "runs_done"} <= set(workers[0])
+
+
+def test_local_metrics_keep_cumulative_buckets() -> None:
+    metrics = LocalMetrics()
+    metrics.observe("d", 0.02, flow="f")
+    metrics.observe("d", 3.0, flow="f")
+    pending = {parse_field(k)[1].get("le"): v for k, v in metrics._pending.items() if k.startswith("d_bucket")}
+    assert pending["0.025"] == 1 and pending["5"] == 2 and pending["+Inf"] == 2
+    assert "0.01" not in pending
+
+
+def test_json_log_lines_carry_the_run_fields() -> None:
+    record = logging.LogRecord("storyflow.worker", logging.INFO, __file__, 1, "run %s", ("complete",), None)
+    record.job_id, record.attempt = "abc", 2
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["msg"] == "run complete" and line["job_id"] == "abc" and line["attempt"] == 2
+    assert line["level"] == "info" and line["ts"]
+
+
+async def test_worker_logs_one_json_line_per_run_event_and_no_secrets(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    env = child_env(redis_url, STORYFLOW_LLM_API_KEY="sk-very-secret", STORYFLOW_API_KEYS="t:key-very-secret")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "worker"], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        job_id = (await client.post("/run", json=RUN)).json()["job_id"]
+
+        async def complete() -> bool:
+            return bool((await client.get(f"/run/{job_id}")).json()["status"] == "complete")
+
+        await wait_for(complete)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=15)[0].decode()
+    lines = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
+    finished = [line for line in lines if line.get("msg") == "run complete"]
+    assert len(finished) == 1
+    assert {"job_id", "story_id", "flow", "tenant", "attempt", "duration_s"} <= set(finished[0])
+    assert finished[0]["job_id"] == job_id and finished[0]["story_id"] == "story-1"
+    assert "very-secret" not in output and "Users want PDF export" not in output

@@ -1,0 +1,26 @@
+"""What a worker measures about its runs, kept locally and flushed with its heartbeat."""
+
+from __future__ import annotations
+
+from agents.llm import LLMClient
+from infra.metrics import LocalMetrics
+
+
+class MeteredLLM:
+    """Counts LLM calls and errors by provider around any LLM client."""
+
+    def __init__(self, inner: LLMClient, metrics: LocalMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.provider = inner.provider
+
+    async def complete(self, *, agent: str, system: str, user: str) -> str:
+        self.metrics.inc("storyflow_llm_calls_total", provider=self.provider)
+        try:
+            return await self.inner.complete(agent=agent, system=system, user=user)
+        except Exception:
+            self.metrics.inc("storyflow_llm_errors_total", provider=self.provider)
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
