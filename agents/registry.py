@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from pocketflow import AsyncFlow
@@ -12,6 +13,7 @@ from pocketflow import AsyncFlow
 from agents import flow as shipped_flows
 from agents import nodes as shipped_nodes
 from agents.base import Agent
+from agents.definitions import BUILTIN_DIR, load_definitions
 from agents.llm import LLMClient
 
 
@@ -53,17 +55,19 @@ def _agents_in(module: ModuleType) -> dict[str, type[Agent]]:
     return {
         obj.name: obj
         for _, obj in inspect.getmembers(module, inspect.isclass)
-        if issubclass(obj, Agent) and obj is not Agent and obj.__module__ == module.__name__
+        if issubclass(obj, Agent) and obj.__module__ == module.__name__ and hasattr(obj, "name")
     }
 
 
-def load_catalog(extra_modules: list[str] | None = None) -> Catalog:
-    """Shipped agents and flows, plus those of extra modules (each may define Agent subclasses and FLOWS)."""
-    modules = [shipped_nodes] + [importlib.import_module(name) for name in extra_modules or []]
-    agents: dict[str, type[Agent]] = {}
+def load_catalog(extra_modules: list[str] | None = None, agent_dirs: list[Path] | None = None) -> Catalog:
+    """Shipped agents and flows; those declared in YAML under agents/definitions/ and `agent_dirs`;
+    and those of extra Python modules (each may define Agent subclasses and FLOWS)."""
+    agents = _agents_in(shipped_nodes)
     flows = dict(shipped_flows.FLOWS)
-    for module in modules:
+    data_agents, data_flows = load_definitions([BUILTIN_DIR, *(agent_dirs or [])])
+    agents.update(data_agents)
+    flows.update(data_flows)
+    for module in [importlib.import_module(name) for name in extra_modules or []]:
         agents.update(_agents_in(module))
-        if module is not shipped_nodes:
-            flows.update(getattr(module, "FLOWS", {}))
+        flows.update(getattr(module, "FLOWS", {}))
     return Catalog(agents, flows)

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.auth_enabled:
             logger.warning("STORYFLOW_API_KEYS is unset: authentication is off, every caller is tenant 'default'")
         app.state.settings = settings
-        app.state.catalog = load_catalog(settings.extra_agent_modules)
+        app.state.catalog = load_catalog(settings.extra_agent_modules, settings.extra_agent_dirs)
         app.state.redis = create_redis(settings.redis_url)
         app.state.store = RunStore(
             app.state.redis,

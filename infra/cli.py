@@ -37,6 +37,17 @@ def require_redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def check_catalog(settings: Settings) -> None:
+    """Agent and flow definitions are loaded at start-up; a bad one stops us with one line."""
+    from agents.registry import load_catalog
+
+    try:
+        load_catalog(settings.extra_agent_modules, settings.extra_agent_dirs)
+    except (ValueError, ImportError) as exc:
+        typer.secho(f"storyflow: bad agent or flow definition: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+
+
 def configure_logging(settings: Settings) -> None:
     from infra.logs import configure_logging as configure
 
@@ -53,6 +64,7 @@ def api(
 
     settings = load_settings()
     require_redis_url(settings)
+    check_catalog(settings)
     configure_logging(settings)
     uvicorn.run(
         "api.main:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
@@ -67,6 +79,7 @@ def worker() -> None:
 
     settings = load_settings()
     require_redis_url(settings)
+    check_catalog(settings)
     configure_logging(settings)
     run(settings)
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
 
     # Extra modules to import for agents and flows, comma-separated (plugins, tests).
     agent_modules: str = ""
+    # Extra directories of YAML agent and flow definitions, comma-separated.
+    agent_dirs: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("redis_url")
@@ -94,6 +96,10 @@ class Settings(BaseSettings):
     @property
     def extra_agent_modules(self) -> list[str]:
         return [m.strip() for m in self.agent_modules.split(",") if m.strip()]
+
+    @property
+    def extra_agent_dirs(self) -> list[Path]:
+        return [Path(d.strip()) for d in self.agent_dirs.split(",") if d.strip()]
 
 
 def parse_api_keys(raw: str) -> list[tuple[str, str]]:

@@ -66,7 +66,7 @@ class StoryflowWorker(Worker):
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         store = RunStore(self.pool, result_ttl=self.settings.result_ttl, max_queued=self.settings.max_queued_runs)
-        catalog = load_catalog(self.settings.extra_agent_modules)
+        catalog = load_catalog(self.settings.extra_agent_modules, self.settings.extra_agent_dirs)
         ctx["executor"] = FlowExecutor(self.settings, store, catalog, create_llm(self.settings))
         self._beat_task = asyncio.create_task(self._beat_forever())
         logger.info("worker %s ready: flows %s, concurrency %d", self.worker_id, sorted(catalog.flows), self.max_jobs)

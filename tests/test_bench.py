@@ -1,0 +1,37 @@
+"""`python -m bench --quick` runs to the end and prints its table. Nothing here looks at a timing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench.report import TABLE_HEADER
+from bench.scenarios import SCENARIOS
+from tests.conftest import ROOT
+
+SCENARIO_NAMES = [
+    "1. raw arq throughput",
+    "2. end to end",
+    "3. latency",
+    "4. LLM-bound load",
+    "5. API throughput",
+    "6. Redis cost",
+]
+
+
+def test_the_scenario_names_are_the_ones_checked_below() -> None:
+    assert [title for _, title, _ in SCENARIOS] == SCENARIO_NAMES
+
+
+@pytest.mark.timeout(260)
+def test_quick_benchmark_completes_and_prints_the_table() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert TABLE_HEADER in done.stdout
+    for name in SCENARIO_NAMES:
+        assert name in done.stdout, name
+    assert "Errors:" not in done.stdout
