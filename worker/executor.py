@@ -75,11 +75,11 @@ class FlowExecutor:
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.runs_done = 0
 
-    async def execute(self, tenant: str, job_id: str) -> str:
+    async def execute(self, tenant: str, job_id: str, story_id: str) -> str:
         token = uuid.uuid4().hex
         try:
             begun = await self.store.begin(
-                tenant, job_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts
+                tenant, job_id, story_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts
             )
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise Retry(defer=1) from exc

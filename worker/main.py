@@ -32,9 +32,9 @@ HEARTBEAT_S = 2.0
 VERSION = "0.1.0"
 
 
-async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str) -> str:
+async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str, story_id: str) -> str:
     executor: FlowExecutor = ctx["executor"]
-    return await executor.execute(tenant, job_id)
+    return await executor.execute(tenant, job_id, story_id)
 
 
 class StoryflowWorker(Worker):

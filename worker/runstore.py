@@ -99,7 +99,7 @@ class RunStore:
         idempotency_key: str | None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         score = now_ms()
-        payload = serialize_job(RUN_FUNCTION, (tenant, job_id), {}, None, score, serializer=dumps_job)
+        payload = serialize_job(RUN_FUNCTION, (tenant, job_id, story_id), {}, None, score, serializer=dumps_job)
         record = {
             "job_id": job_id, "tenant": tenant, "flow": flow, "story_id": story_id, "input": input,
             "status": RunStatus.QUEUED, "attempts": 0, "enqueued_at": now_iso(), "started_at": None,
@@ -148,14 +148,13 @@ class RunStore:
 
     # --- worker side ----------------------------------------------------------------------
 
-    async def begin(self, tenant: str, job_id: str, token: str, *, lease_ms: int, max_attempts: int) -> Attempt | str:
+    async def begin(
+        self, tenant: str, job_id: str, story_id: str, token: str, *, lease_ms: int, max_attempts: int
+    ) -> Attempt | str:
         """Start an attempt and take the lease; else why not: 'gone', 'skip' or 'exhausted'."""
-        story_id = await self.redis.hget(keys.run(tenant, job_id), "story_id")  # type: ignore[misc]
-        if story_id is None:
-            return "gone"
         script_keys = [
             keys.run(tenant, job_id), keys.run_lease(job_id), keys.arq_in_progress(job_id),
-            keys.run_events(tenant, job_id), keys.story_queue(tenant, orjson.loads(story_id)),
+            keys.run_events(tenant, job_id), keys.story_queue(tenant, story_id),
             keys.ARQ_QUEUE, keys.WAKE_LIST,
         ]  # fmt: skip
         args: list[str | int] = [token, lease_ms, _j(now_iso()), max_attempts, now_ms(), self.result_ttl, job_id]
