@@ -157,6 +157,7 @@ def up(
         typer.echo(f"storyflow: embedded Redis on 127.0.0.1:{embedded.port}, data in {settings.data_dir}")
     supervisor = Supervisor(env, workers, port, host)
     signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     try:
         supervisor.start()
         typer.echo(f"storyflow: API on http://{host}:{port} with {workers} worker(s); Ctrl-C stops")
