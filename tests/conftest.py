@@ -153,3 +153,15 @@ async def background_worker(settings: Settings) -> AsyncIterator[Any]:
     worker.request_stop()
     await task
     await worker.close()
+
+
+async def wait_http_ok(url: str, timeout: float = 20.0) -> None:
+    async with httpx.AsyncClient() as http:
+
+        async def ok() -> bool:
+            try:
+                return (await http.get(url)).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_for(ok, timeout=timeout, interval=0.1)

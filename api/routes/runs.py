@@ -15,7 +15,6 @@ from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from api.errors import error_responses, unavailable, validation_error
 from api.schemas import JOB_ID_PATTERN, RunAccepted, RunRecord, RunRequest, RunStatusName
 from api.waiting import wait_until_finished
-from infra import keys
 from infra.settings import Settings
 from memory.store import missing_documents
 from worker.runstore import RunStore, SubmitOutcome
@@ -120,29 +119,18 @@ async def list_runs(
     response: Response,
     tenant: TenantDep,
     store: StoreDep,
-    redis: RedisDep,
     story_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = None,
     run_status: Annotated[RunStatusName | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[int | None, Query(ge=0, description="X-Next-Cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^\d{1,20}:[0-9a-f]{32}$", description="X-Next-Cursor of the previous page")
+    ] = None,
 ) -> list[dict[str, Any]]:
-    index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
-    upper: str | int = f"({cursor}" if cursor is not None else "+inf"
-    runs: list[dict[str, Any]] = []
-    while len(runs) < limit:
-        page = await redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit * 2, withscores=True)
-        if not page:
-            break
-        for member, score in page:
-            upper = f"({int(score)}"
-            record = await store.get(tenant, member.decode())
-            if record is None:
-                await redis.zrem(index, member)
-            elif run_status is None or record["status"] == run_status:
-                runs.append(record)
-                if len(runs) == limit:
-                    response.headers["X-Next-Cursor"] = str(int(score))
-                    break
+    runs, next_cursor = await store.list_page(
+        tenant, story_id=story_id, status=run_status, limit=limit, cursor=cursor
+    )
+    if next_cursor:
+        response.headers["X-Next-Cursor"] = next_cursor
     return runs
 
 
