@@ -145,7 +145,8 @@ class FlowExecutor:
             "current": attempt.input, "docs": context.docs, "memory": context.memory,
             "outputs": tracker.outputs, "tracker": tracker,
         }  # fmt: skip
-        flow = self.catalog.build(spec.name, self.llm, max_retries=self.settings.llm_retries + 1)
+        # Transient LLM failures are retried once, in the LLM client, which can honour Retry-After.
+        flow = self.catalog.build(spec.name, self.llm)
         try:
             async with asyncio.timeout(self.settings.job_timeout):
                 await flow.run_async(shared)
