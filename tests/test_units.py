@@ -1,0 +1,123 @@
+"""Fast unit tests of pure logic (fakeredis only where a store function needs a Redis shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+
+from agents.base import Agent, AgentTask
+from agents.llm import EchoLLM, TransientLLMError
+from infra import keys
+from infra.settings import Settings
+from memory import store
+from memory.manager import MemoryManager
+
+
+def test_memory_reads_own_writes_and_isolates_agents() -> None:
+    memory = MemoryManager({"analysis": "old"}, {"analyst": {"runs": 1}, "summarizer": {"secret": "s"}})
+    analyst = memory.for_agent("analyst")
+    analyst.story.set("analysis", "new")
+    analyst.own.set("runs", 2)
+    assert analyst.story.get("analysis") == "new" and analyst.own.get("runs") == 2
+    summarizer = memory.for_agent("summarizer")
+    assert summarizer.story.get("analysis") == "new", "the story scope is shared"
+    assert summarizer.own.get("runs") is None and analyst.own.get("secret") is None
+    assert memory.pending_writes() == ({"analysis": "new"}, {"analyst": {"runs": 2}})
+
+
+def test_memory_writes_encode_to_their_scopes() -> None:
+    memory = MemoryManager({}, {})
+    memory.for_agent("qa").own.set("notes", ["a"])
+    memory.for_agent("qa").story.set("review", "ok")
+    triples = store.encode_memory_writes("t", "s", memory)
+    assert triples == [
+        keys.story_memory("t", "s"), "review", '"ok"',
+        keys.memory_agents_index("t", "s"), "qa", "true",
+        keys.agent_memory("t", "s", "qa"), "notes", '["a"]',
+    ]  # fmt: skip
+
+
+class Flaky:
+    provider = "flaky"
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def complete(self, *, agent: str, system: str, user: str) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "ok"
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Probe(Agent):
+    name = "probe"
+    prompt = "p"
+
+
+async def test_agents_retry_transient_failures_only() -> None:
+    flaky = Flaky([TransientLLMError("429"), TransientLLMError("503")])
+    assert await Probe(flaky, max_retries=3, wait=0.001)._exec(AgentTask("in", "sys")) == "ok"
+    assert flaky.calls == 3
+    fatal = Flaky([ValueError("bad prompt")])
+    with pytest.raises(ValueError):
+        await Probe(fatal, max_retries=3, wait=0.001)._exec(AgentTask("in", "sys"))
+    assert fatal.calls == 1
+    exhausted = Flaky([TransientLLMError("1"), TransientLLMError("2")])
+    with pytest.raises(TransientLLMError):
+        await Probe(exhausted, max_retries=2, wait=0.001)._exec(AgentTask("in", "sys"))
+
+
+async def test_echo_names_the_agent_and_its_input() -> None:
+    assert await EchoLLM().complete(agent="qa", system="ignored", user="the plan") == "[qa] the plan"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"redis_url": "http://example"}, {"max_input_bytes": 0}, {"job_timeout": -1},
+        {"llm_provider": "claude"}, {"llm_provider": "openai"}, {"echo_delay": -1},
+        {"worker_concurrency": 0}, {"max_batch_runs": 1001},
+    ],
+)  # fmt: skip
+def test_bad_settings_fail_fast(env: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Settings(**env)
+
+
+def test_api_keys_map_to_tenants() -> None:
+    settings = Settings(api_keys="a:key-aaaa1,b:key-bbbb2")
+    assert settings.keys_to_tenants == {"key-aaaa1": "a", "key-bbbb2": "b"} and settings.auth_enabled
+    assert not Settings().auth_enabled
+
+
+def test_no_name_that_reaches_a_key_can_contain_the_separator() -> None:
+    import re
+
+    from api.schemas import ID_PATTERN, JOB_ID_PATTERN
+    from infra.settings import TENANT_PATTERN
+
+    for pattern in (re.compile(ID_PATTERN), re.compile(JOB_ID_PATTERN), TENANT_PATTERN):
+        assert not pattern.match("a:b") and not pattern.match("a:") and not pattern.match(":a")
+    assert not keys.run("acme-evil", "x").startswith(keys.tenant_prefix("acme") + ":")
+
+
+async def test_document_store_round_trip() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    doc, created = await store.put_document(redis, "t", "prd", "v1")
+    assert created and doc.content == "v1"
+    _, created_again = await store.put_document(redis, "t", "prd", "v2")
+    assert not created_again
+    fetched = await store.get_document(redis, "t", "prd")
+    assert fetched is not None and fetched.content == "v2"
+    assert [d.doc_id for d in await store.list_documents(redis, "t")] == ["prd"]
+    assert await store.missing_documents(redis, "t", ["prd", "architecture"]) == ["architecture"]
+    assert await store.missing_documents(redis, "other", ["prd"]) == ["prd"]
+    assert await store.delete_document(redis, "t", "prd")
+    assert await store.get_document(redis, "t", "prd") is None
