@@ -6,7 +6,8 @@ import hmac
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from agents.registry import Catalog
 from infra.settings import DEFAULT_TENANT, Settings
@@ -33,24 +34,25 @@ def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
-def _presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+# Declared as security schemes so the OpenAPI (and /swagger's Authorize button) says how to authenticate.
+BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+ApiKeyDep = Annotated[str | None, Security(API_KEY)]
+
+
+def _presented_key(bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None) -> str | None:
     if x_api_key:
         return x_api_key
-    if authorization:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
+    if bearer is not None and bearer.credentials.strip():
+        return bearer.credentials.strip()
     return None
 
 
-def get_tenant(
-    settings: Annotated[Settings, Depends(get_settings)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> str:
+def get_tenant(settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep) -> str:
     if not settings.auth_enabled:
         return DEFAULT_TENANT
-    presented = _presented_key(authorization, x_api_key)
+    presented = _presented_key(bearer, x_api_key)
     tenant = None
     if presented is not None:
         for key, owner in settings.keys_to_tenants.items():
@@ -66,14 +68,12 @@ def get_tenant(
 
 
 def get_ops_tenant(
-    settings: Annotated[Settings, Depends(get_settings)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep
 ) -> str | None:
     """Operations routes (/readyz, /metrics): protected like the rest unless STORYFLOW_PUBLIC_OPS."""
     if settings.public_ops:
         return None
-    return get_tenant(settings, authorization, x_api_key)
+    return get_tenant(settings, bearer, x_api_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

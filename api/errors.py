@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,6 +17,13 @@ from api.schemas import ErrorBody
 
 logger = logging.getLogger("storyflow.api")
 RETRY_AFTER_S = "1"
+
+
+class EscapedJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: renders strings that echo client input, even a lone surrogate (`\\ud800`)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -36,12 +46,18 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     return unavailable("storage is unavailable; retry later")
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return EscapedJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error in %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 StoryId = Annotated[str, Field(pattern=ID_PATTERN, examples=["story-1"])]
 RunStatusName = Literal["queued", "in_progress", "complete", "failed", "cancelled"]
 
@@ -16,7 +27,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     flow: str = Field("default", max_length=128, examples=["default"])
-    input: str = Field(min_length=1, examples=["Users want to export their reports as PDF."])
+    input: Text = Field(min_length=1, examples=["Users want to export their reports as PDF."])
     story_id: StoryId
 
 
@@ -61,7 +72,7 @@ class FlowInfo(BaseModel):
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    content: str
+    content: Text
 
 
 class DocumentOut(BaseModel):
@@ -74,6 +85,12 @@ class DocumentSummary(BaseModel):
     doc_id: str
     updated_at: str
     bytes: int
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[dict[str, Any]] = Field(max_length=1000, description="run bodies, as POST /run takes them")
 
 
 class Memory(BaseModel):

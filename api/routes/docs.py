@@ -19,7 +19,7 @@ DocId = Annotated[str, Path(pattern=ID_PATTERN)]
 @router.put(
     "/docs/{doc_id}",
     response_model=DocumentOut,
-    responses={201: {"model": DocumentOut, "description": "created"}, **error_responses(401, 413, 422, 503)},
+    responses={201: {"model": DocumentOut, "description": "created"}, **error_responses(400, 401, 413, 422, 503)},
 )
 async def put_document(
     doc_id: DocId, body: DocumentIn, tenant: TenantDep, redis: RedisDep, settings: SettingsDep

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from agents.registry import Catalog
 from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
-from api.errors import error_responses, unavailable, validation_error
-from api.schemas import JOB_ID_PATTERN, RunAccepted, RunRecord, RunRequest, RunStatusName
+from api.errors import EscapedJSONResponse, error_responses, unavailable, validation_error
+from api.schemas import JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
 from api.waiting import wait_until_finished
 from infra.settings import Settings
 from memory.store import missing_documents
@@ -64,7 +64,7 @@ def refused(outcome: SubmitOutcome) -> JSONResponse:
     response_model=RunAccepted,
     responses={
         200: {"model": RunRecord | RunAccepted, "description": "pending_docs, or the finished run with ?wait"},
-        **error_responses(401, 413, 422, 429, 503),
+        **error_responses(400, 401, 413, 422, 429, 503),
     },
 )
 async def submit_run(
@@ -126,9 +126,7 @@ async def list_runs(
         str | None, Query(pattern=r"^\d{1,20}:[0-9a-f]{32}$", description="X-Next-Cursor of the previous page")
     ] = None,
 ) -> list[dict[str, Any]]:
-    runs, next_cursor = await store.list_page(
-        tenant, story_id=story_id, status=run_status, limit=limit, cursor=cursor
-    )
+    runs, next_cursor = await store.list_page(tenant, story_id=story_id, status=run_status, limit=limit, cursor=cursor)
     if next_cursor:
         response.headers["X-Next-Cursor"] = next_cursor
     return runs
@@ -137,18 +135,18 @@ async def list_runs(
 @router.post(
     "/runs/batch",
     response_model=list[dict[str, Any]],
-    responses=error_responses(401, 413, 422, 503),
+    responses=error_responses(400, 401, 413, 422, 503),
 )
 async def submit_batch(
-    body: dict[str, list[dict[str, Any]]],
+    body: BatchRequest,
     tenant: TenantDep,
     store: StoreDep,
     redis: RedisDep,
     catalog: CatalogDep,
     settings: SettingsDep,
 ) -> Response:
-    items = body.get("runs")
-    if not isinstance(items, list) or len(items) > settings.max_batch_runs:
+    items = body.runs
+    if len(items) > settings.max_batch_runs:
         message = f"body must be {{'runs': [...]}} with at most {settings.max_batch_runs} runs"
         raise HTTPException(422, validation_error("runs", message))
     answers: list[dict[str, Any] | None] = [None] * len(items)
@@ -169,7 +167,7 @@ async def submit_batch(
     )
     for (position, _), outcome in zip(ready, outcomes, strict=True):
         answers[position] = _batch_answer(outcome)
-    return JSONResponse(answers)
+    return EscapedJSONResponse(answers)
 
 
 def invalid(detail: Any) -> dict[str, Any]:
