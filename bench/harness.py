@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,11 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], *, timeout: float, interval: float, what: str  # noqa: ASYNC109
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float,  # noqa: ASYNC109
+    interval: float,
+    what: str,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -100,6 +105,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used (Linux /proc/stat); 0 when unknown."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # --- child processes -----------------------------------------------------------------------------
 
 
@@ -121,24 +145,49 @@ class Child:
 
 
 class Children:
-    """Every process the benchmark starts; stop() ends them by pid (SIGTERM, then SIGKILL)."""
+    """Every process the benchmark starts; stop() ends them by pid (SIGTERM, then SIGKILL).
 
-    def __init__(self, log_dir: Path) -> None:
+    With `profile_dir`, each storyflow process gets a `py-spy record` attached (collapsed stacks, one file
+    per process), which writes its file when its target exits.
+    """
+
+    def __init__(self, log_dir: Path, profile_dir: Path | None = None) -> None:
         self.log_dir = log_dir
+        self.profile_dir = profile_dir
         self.running: list[Child] = []
+        self.profilers: dict[int, Child] = {}  # target pid -> its py-spy
+        self.tag = "setup"  # names log and profile files after the scenario that started the process
         self._serial = 0
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+    def spawn(self, name: str, args: list[str], env: dict[str, str], *, profile: bool = True) -> Child:
         self._serial += 1
-        log = self.log_dir / f"{self._serial:02d}-{name}.log"
+        stem = f"{self._serial:02d}-{self.tag}-{name}"
+        log = self.log_dir / f"{stem}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
+            process = subprocess.Popen(
                 [sys.executable, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         child = Child(name, process, log)
         self.running.append(child)
+        if profile and self.profile_dir is not None:
+            self.profilers[process.pid] = self._attach_profiler(stem, process.pid)
         return child
+
+    def _attach_profiler(self, stem: str, pid: int) -> Child:
+        assert self.profile_dir is not None
+        py_spy = Path(sys.executable).with_name("py-spy")
+        if not py_spy.exists():
+            raise BenchError(f"--profile needs py-spy next to {sys.executable}: pip install py-spy")
+        out = self.profile_dir / f"{stem}.txt"
+        args = [str(py_spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking"]
+        log = self.profile_dir / f"{stem}.py-spy.log"
+        with log.open("wb") as log_out:
+            process = subprocess.Popen(
+                [*args, "--output", str(out)], stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return Child("py-spy", process, log)
 
     def stop(self, children: Sequence[Child], grace: float = STOP_GRACE_S) -> None:
         for child in children:
@@ -153,6 +202,21 @@ class Children:
                 child.process.wait()
             if child in self.running:
                 self.running.remove(child)
+        self._stop_profilers([child.process.pid for child in children])
+
+    def _stop_profilers(self, pids: list[int]) -> None:
+        """py-spy writes its file and exits when its target is gone; SIGINT (same effect) if it lingers."""
+        profilers = [self.profilers.pop(pid) for pid in pids if pid in self.profilers]
+        for profiler in profilers:
+            try:
+                profiler.process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                profiler.process.send_signal(signal.SIGINT)
+                try:
+                    profiler.process.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    profiler.process.kill()
+                    profiler.process.wait()
 
     def stop_all(self) -> None:
         self.stop(list(self.running))
@@ -282,10 +346,10 @@ class Probe:
     """The benchmark's own Redis client; counts the queue polls it makes so they can be discounted."""
 
     redis: ArqRedis
-    zcard_calls: int = 0
+    own: Counter[str] = field(default_factory=Counter)  # command -> calls made while measuring
 
     async def queue_length(self) -> int:
-        self.zcard_calls += 1
+        self.own["zcard"] += 1
         return int(await self.redis.zcard(keys.ARQ_QUEUE))
 
     async def wait_drained(self, timeout: float, interval: float = 0.005) -> float:  # noqa: ASYNC109
@@ -322,13 +386,12 @@ class Probe:
         return [(_epoch(orjson.loads(s)), _epoch(orjson.loads(f))) for s, f in raw if s and f]
 
     async def worker_in_flight(self) -> dict[str, int]:
+        self.own["hgetall"] += 1
         raw = await self.redis.hgetall(keys.WORKERS_INFO)  # type: ignore[misc]
         return {wid.decode(): int(orjson.loads(info)["in_flight"]) for wid, info in raw.items()}
 
 
 def _epoch(iso: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
@@ -348,10 +411,15 @@ class Stack:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, appendfsync: str | None = None) -> AsyncIterator[Stack]:
+    async def open(
+        cls, *, appendfsync: str | None = None, log_dir: Path | None = None, profile_dir: Path | None = None
+    ) -> AsyncIterator[Stack]:
         with tempfile.TemporaryDirectory(prefix="storyflow-bench-") as tmp:
+            for folder in (log_dir, profile_dir):
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
             server = EmbeddedRedis(Path(tmp) / "redis")
-            children = Children(Path(tmp))
+            children = Children(log_dir or Path(tmp), profile_dir)
             server.start()
             probe_client, arq = create_redis(server.url), create_redis(server.url)
             try:
@@ -382,11 +450,20 @@ class Stack:
         fsync = await self.probe.redis.config_get("appendfsync")
         return {"version": str(server["redis_version"]), "appendfsync": str(fsync.get("appendfsync", "?"))}
 
-    # The API: one process for the whole benchmark (it keeps no state between scenarios).
-
-    async def start_api(self) -> int:
+    @contextlib.asynccontextmanager
+    async def api(self) -> AsyncIterator[int]:
+        """One API process, answering /healthz on entry (its port is also `self.api_port`), stopped on exit."""
         port = free_port()
         child = self.children.spawn("api", ["-m", "infra.cli", "api", "--port", str(port)], self.env())
+        try:
+            await self._wait_healthy(child, port)
+            self.api_port = port
+            yield port
+        finally:
+            self.children.stop([child])
+            self.api_port = 0
+
+    async def _wait_healthy(self, child: Child, port: int) -> None:
         connection = HttpConnection(port)
 
         async def healthy() -> bool:
@@ -402,8 +479,6 @@ class Stack:
             await wait_until(healthy, timeout=START_TIMEOUT_S, interval=0.05, what="the API to answer /healthz")
         finally:
             await connection.close()
-        self.api_port = port
-        return port
 
     @contextlib.asynccontextmanager
     async def workers(self, count: int, **env: str) -> AsyncIterator[list[Child]]:
@@ -431,7 +506,8 @@ class Stack:
     async def arq_workers(self, count: int, max_jobs: int = arq_baseline.DEFAULT_MAX_JOBS) -> AsyncIterator[None]:
         """`count` baseline arq worker processes, ready on entry, stopped on exit."""
         env = self.env(BENCH_ARQ_MAX_JOBS=str(max_jobs))
-        started = [self.children.spawn("arq-worker", ["-m", "bench.arq_baseline"], env) for _ in range(count)]
+        spawn = self.children.spawn
+        started = [spawn("arq-worker", ["-m", "bench.arq_baseline"], env, profile=False) for _ in range(count)]
         try:
             await self._wait_arq_ready(started)
             yield
@@ -464,12 +540,38 @@ class Stack:
         return ids
 
 
-@contextlib.contextmanager
-def elapsed() -> Iterator[list[float]]:
-    """`with elapsed() as took:` ... `took[0]` is the seconds the block took."""
-    took = [0.0]
-    started = time.perf_counter()
-    try:
-        yield took
-    finally:
-        took[0] = time.perf_counter() - started
+class CpuMeter:
+    """CPU used by each process of the stack (and the benchmark itself) between start() and stop(), in cores."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self._start: dict[str, float] = {}
+        self._machine_start = 0.0
+        self._started_at = 0.0
+
+    def _pids(self) -> dict[str, int]:
+        pids = {"bench": os.getpid()}
+        if self.stack.redis_server.pid is not None:
+            pids["redis"] = self.stack.redis_server.pid
+        names = Counter(child.name for child in self.stack.children.running)
+        seen: Counter[str] = Counter()
+        for child in self.stack.children.running:
+            seen[child.name] += 1
+            label = child.name if names[child.name] == 1 else f"{child.name}{seen[child.name]}"
+            pids[label] = child.process.pid
+        return pids
+
+    def start(self) -> None:
+        self._start = {label: cpu_seconds(pid) for label, pid in self._pids().items()}
+        self._machine_start = machine_busy_seconds()
+        self._started_at = time.perf_counter()
+
+    def stop(self) -> str:
+        """`CPU cores busy: bench 0.10, redis 0.30, ..., other processes 0.05`."""
+        wall = time.perf_counter() - self._started_at
+        if wall <= 0:
+            return "CPU cores busy: (no time passed)"
+        used = {label: cpu_seconds(pid) - self._start.get(label, 0.0) for label, pid in self._pids().items()}
+        others = machine_busy_seconds() - self._machine_start - sum(used.values())
+        parts = [f"{label} {seconds / wall:.2f}" for label, seconds in used.items()]
+        return "CPU cores busy: " + ", ".join([*parts, f"other processes {max(0.0, others) / wall:.2f}"])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bench.report import TABLE_HEADER
 from bench.scenarios import SCENARIOS
-from tests.conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIO_NAMES = [
     "1. raw arq throughput",
