@@ -14,22 +14,22 @@ from infra.settings import DEFAULT_TENANT, Settings
 from worker.runstore import RunStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_redis(request: Request) -> ArqRedis:
+async def get_redis(request: Request) -> ArqRedis:
     redis: ArqRedis = request.app.state.redis
     return redis
 
 
-def get_store(request: Request) -> RunStore:
+async def get_store(request: Request) -> RunStore:
     store: RunStore = request.app.state.store
     return store
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     catalog: Catalog = request.app.state.catalog
     return catalog
 
@@ -49,7 +49,7 @@ def _presented_key(bearer: HTTPAuthorizationCredentials | None, x_api_key: str |
     return None
 
 
-def get_tenant(settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep) -> str:
+async def get_tenant(settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep) -> str:
     if not settings.auth_enabled:
         return DEFAULT_TENANT
     presented = _presented_key(bearer, x_api_key)
@@ -67,13 +67,13 @@ def get_tenant(settings: Annotated[Settings, Depends(get_settings)], bearer: Bea
     return tenant
 
 
-def get_ops_tenant(
+async def get_ops_tenant(
     settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep
 ) -> str | None:
     """Operations routes (/readyz, /metrics): protected like the rest unless STORYFLOW_PUBLIC_OPS."""
     if settings.public_ops:
         return None
-    return get_tenant(settings, bearer, x_api_key)
+    return await get_tenant(settings, bearer, x_api_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
