@@ -49,7 +49,9 @@ def _presented_key(bearer: HTTPAuthorizationCredentials | None, x_api_key: str |
     return None
 
 
-async def get_tenant(settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep) -> str:
+async def get_tenant(
+    settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep
+) -> str:
     if not settings.auth_enabled:
         return DEFAULT_TENANT
     presented = _presented_key(bearer, x_api_key)

@@ -12,6 +12,7 @@ from agents.registry import load_catalog
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routes import docs, events, flows, health, memory, metrics, runs, workers
+from api.waiting import FinishedRuns
 from infra.redis import create_redis
 from infra.settings import Settings
 from worker.runstore import RunStore
@@ -39,9 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_active_per_tenant=settings.max_active_runs_per_tenant,
             submissions_per_minute=settings.submissions_per_minute,
         )
+        app.state.finished_runs = FinishedRuns(app.state.redis)
+        app.state.finished_runs.start()
         try:
             yield
         finally:
+            await app.state.finished_runs.stop()
             await app.state.redis.aclose()
 
     # /docs is the contract's documents route, so the interactive API docs live at /swagger.

@@ -1,15 +1,20 @@
-"""Waiting for a run to finish, woken by its event stream rather than by polling the record."""
+"""Following a run: its event stream (SSE) and waiting for its end (`?wait=`), woken by Redis, never polling."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
+import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from infra import keys
 from infra.redis import BLOCK_CHUNK_S
 
+logger = logging.getLogger("storyflow.api")
+STOP_CHECK_S = 0.5
 TERMINAL_EVENTS = frozenset({"complete", "failed", "cancelled"})
 Event = tuple[str, str, str]  # (stream id, event name, JSON data)
 
@@ -42,8 +47,67 @@ async def read_events(
                     return
 
 
-async def wait_until_finished(redis: Redis, tenant: str, job_id: str, timeout: float) -> bool:  # noqa: ASYNC109
-    async for _, name, _ in read_events(redis, tenant, job_id, timeout=timeout):
-        if name in TERMINAL_EVENTS:
-            return True
-    return False
+class FinishedRuns:
+    """Wakes requests waiting for runs (`POST /run?wait=`): one pub/sub subscription per API process.
+
+    The scripts that finish a run publish `tenant:job_id` on FINISHED_CHANNEL. A waiter registers,
+    then checks the record once (the run may have finished before), then sleeps until woken or
+    timed out; a message missed while Redis was away only costs a waiter its timeout.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen_forever())
+
+    async def stop(self) -> None:
+        # No cancel: redis-py can turn a cancellation mid-read into a connection error.
+        self._stopping = True
+        if self._listener:
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    async def wait(self, tenant: str, job_id: str, timeout: float) -> bool:  # noqa: ASYNC109
+        name = f"{tenant}:{job_id}"
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, set()).add(woken)
+        try:
+            if await self._finished(tenant, job_id):
+                return True
+            await asyncio.wait([woken], timeout=timeout)
+            return woken.done() or await self._finished(tenant, job_id)
+        finally:
+            waiters = self._waiters.get(name, set())
+            waiters.discard(woken)
+            if not waiters:
+                self._waiters.pop(name, None)
+
+    async def _finished(self, tenant: str, job_id: str) -> bool:
+        status = await self.redis.hget(keys.run(tenant, job_id), "status")  # type: ignore[misc]
+        return status is not None and orjson.loads(status) in TERMINAL_EVENTS
+
+    def _wake(self, name: str) -> None:
+        for woken in self._waiters.get(name, ()):
+            if not woken.done():
+                woken.set_result(None)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.FINISHED_CHANNEL)
+                    delay = 0.1
+                    while not self._stopping:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=STOP_CHECK_S)
+                        if message is not None:
+                            self._wake(message["data"].decode())
+            except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
+                logger.warning("finished-runs subscription lost (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -149,7 +149,7 @@ def up(
     embedded = None
     if not settings.redis_url:
         try:
-            embedded = EmbeddedRedis(Path(settings.data_dir))
+            embedded = EmbeddedRedis(Path(settings.data_dir), appendfsync=settings.redis_appendfsync)
             env["STORYFLOW_REDIS_URL"] = embedded.start()
         except EmbeddedRedisError as exc:
             typer.secho(f"storyflow: {str(exc).splitlines()[0]}", err=True, fg="red")

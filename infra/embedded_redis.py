@@ -119,8 +119,10 @@ class EmbeddedRedis:
         binary: Path | None = None,
         port: int | None = None,
         password: str | None = None,
+        appendfsync: Literal["always", "everysec", "no"] = "always",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.appendfsync = appendfsync
         self.binary = binary if binary is not None else find_redis_server()
         self._port = port if port is not None else free_port()
         self._password = password if password is not None else secrets.token_urlsafe(32)
@@ -221,7 +223,7 @@ class EmbeddedRedis:
             "--logfile", str(self.log_file),
             "--daemonize", "no",
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip

@@ -19,6 +19,7 @@ ARQ_ABORT_SET = "arq:abort"
 WAKE_LIST = f"{PREFIX}:wake"  # workers BLPOP it to pick up new runs at once
 WORKERS_SEEN = f"{PREFIX}:workers:seen"  # zset worker id -> last heartbeat (ms)
 WORKERS_INFO = f"{PREFIX}:workers:info"  # hash worker id -> JSON description
+FINISHED_CHANNEL = f"{PREFIX}:finished"  # pub/sub: `tenant:job_id` of each run that finished
 METRICS = f"{PREFIX}:metrics"  # hash `name|labels` -> value; see infra/metrics.py
 
 

@@ -43,3 +43,6 @@ def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
     text = TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler.setFormatter(JsonFormatter() if use_json else text)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if level != "DEBUG":
+        # arq logs two lines per job; storyflow's own run lines carry more and are enough.
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)

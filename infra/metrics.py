@@ -7,6 +7,7 @@ are kept in process and flushed with the worker's heartbeat, so a run costs no e
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 from redis.asyncio.client import Pipeline
@@ -26,6 +27,15 @@ def parse_field(raw: str) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
+@functools.cache
+def _histogram_fields(name: str, labels: tuple[tuple[str, str], ...]) -> tuple[list[str], str, str]:
+    """The field names of one histogram series, built once: (buckets incl. +Inf, sum, count)."""
+    label_map = dict(labels)
+    bounds = [str(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
+    buckets = [field(f"{name}_bucket", le=bound, **label_map) for bound in bounds]
+    return buckets, field(f"{name}_sum", **label_map), field(f"{name}_count", **label_map)
+
+
 class LocalMetrics:
     """Counters and histograms of one worker process, not yet flushed to Redis."""
 
@@ -36,12 +46,13 @@ class LocalMetrics:
         self._pending[field(name, **labels)] += amount
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        for bound in DURATION_BUCKETS:
+        buckets, total, count = _histogram_fields(name, tuple(sorted(labels.items())))
+        for bound, bucket in zip(DURATION_BUCKETS, buckets, strict=False):
             if seconds <= bound:
-                self._pending[field(f"{name}_bucket", le=str(bound), **labels)] += 1
-        self._pending[field(f"{name}_bucket", le="+Inf", **labels)] += 1
-        self._pending[field(f"{name}_sum", **labels)] += seconds
-        self._pending[field(f"{name}_count", **labels)] += 1
+                self._pending[bucket] += 1
+        self._pending[buckets[-1]] += 1
+        self._pending[total] += seconds
+        self._pending[count] += 1
 
     def flush_into(self, pipe: Pipeline) -> dict[str, float]:
         """Queue the pending deltas on `pipe`; returns them so a failed flush can be restored."""

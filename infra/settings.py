@@ -23,6 +23,9 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     data_dir: Path = Path(".storyflow")
+    # fsync policy of the embedded Redis: `always` loses no acknowledged write even if Redis is
+    # killed mid-fsync; `everysec` is faster and may lose up to ~2 s of writes in that case.
+    redis_appendfsync: Literal["always", "everysec"] = "always"
     api_keys: Annotated[SecretStr | None, NoDecode] = None
     max_input_bytes: PositiveInt = 65536
     result_ttl: PositiveInt = 86400

@@ -18,7 +18,7 @@ from agents.registry import Catalog
 from infra.metrics import LocalMetrics
 from infra.settings import Settings
 from memory.store import encode_memory_writes, load_story_context
-from worker.runstore import Attempt, RunStore
+from worker.runstore import Attempt, Event, RunStore
 
 logger = logging.getLogger("storyflow.worker")
 PREVIEW_CHARS = 200
@@ -40,6 +40,8 @@ class ProgressTracker:
     current: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     node_started_at: float = 0.0
+    # node_finished is sent with the next node_started, or with the commit: one round trip per step.
+    unsent: list[Event] = field(default_factory=list)
 
     def progress(self) -> dict[str, Any]:
         return {"done": list(self.done), "current": self.current, "total": self.total}
@@ -47,18 +49,20 @@ class ProgressTracker:
     async def node_started(self, node: str) -> None:
         self.current = node
         self.node_started_at = time.monotonic()
-        await self._report("node_started", {"node": node})
+        events = [*self.take_unsent(), ("node_started", {"node": node})]
+        if not await self.store.progress(self.attempt, self.progress(), self.outputs, events):
+            raise LeaseLost(self.attempt.job_id)
 
     async def node_finished(self, node: str, output: str) -> None:
         self.done.append(node)
         self.current = None
         seconds = time.monotonic() - self.node_started_at
         self.metrics.observe("storyflow_node_duration_seconds", seconds, flow=self.attempt.flow, node=node)
-        await self._report("node_finished", {"node": node, "preview": output[:PREVIEW_CHARS]})
+        self.unsent.append(("node_finished", {"node": node, "preview": output[:PREVIEW_CHARS]}))
 
-    async def _report(self, event: str, data: dict[str, Any]) -> None:
-        if not await self.store.progress(self.attempt, self.progress(), self.outputs, event, data):
-            raise LeaseLost(self.attempt.job_id)
+    def take_unsent(self) -> list[Event]:
+        events, self.unsent = self.unsent, []
+        return events
 
 
 class FlowExecutor:
@@ -152,16 +156,18 @@ class FlowExecutor:
                 await flow.run_async(shared)
         except TimeoutError:
             message = f"the run took longer than STORYFLOW_JOB_TIMEOUT={self.settings.job_timeout}s"
-            await self.store.fail(attempt, "timeout", message)
+            await self.store.fail(attempt, "timeout", message, tracker.take_unsent())
             return "failed"
         except (LeaseLost, RedisConnectionError, RedisTimeoutError):
             raise
         except Exception as exc:
             logger.info("agent %s failed: %r", tracker.current, exc, extra={"job_id": attempt.job_id})
-            await self.store.fail(attempt, type(exc).__name__, str(exc) or repr(exc))
+            await self.store.fail(attempt, type(exc).__name__, str(exc) or repr(exc), tracker.take_unsent())
             return "failed"
         writes = encode_memory_writes(attempt.tenant, attempt.story_id, context.memory)
-        committed = await self.store.complete(attempt, shared["current"], tracker.outputs, tracker.progress(), writes)
+        committed = await self.store.complete(
+            attempt, shared["current"], tracker.outputs, tracker.progress(), writes, tracker.take_unsent()
+        )
         if not committed:
             raise LeaseLost(attempt.job_id)
         self.runs_done += 1

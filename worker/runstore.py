@@ -29,11 +29,13 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+Event = tuple[str, dict[str, Any]]  # (name, data) of a run event
 TERMINAL = frozenset({RunStatus.COMPLETE, RunStatus.FAILED, RunStatus.CANCELLED})
 RECORD_FIELDS = (
     "job_id", "status", "flow", "story_id", "attempts", "enqueued_at", "started_at",
     "finished_at", "progress", "result", "outputs", "error",
 )  # fmt: skip
+_QUOTED_FIELDS = [f'"{name}":'.encode() for name in RECORD_FIELDS]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,13 @@ def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
         return None
     score, _, job_id = cursor.partition(":")
     return int(score), job_id
+
+
+def _flatten_events(events: list[Event]) -> list[str]:
+    flat: list[str] = []
+    for name, data in events:
+        flat += [name, _j(data)]
+    return flat
 
 
 def idempotency_digest(key: str) -> str:
@@ -142,6 +151,13 @@ class RunStore:
         if values[0] is None:
             return None
         return {name: orjson.loads(raw) for name, raw in zip(RECORD_FIELDS, values, strict=True)}
+
+    async def get_json(self, tenant: str, job_id: str) -> bytes | None:
+        """The record as a JSON document, spliced from the stored JSON values without decoding them."""
+        values = await self.redis.hmget(keys.run(tenant, job_id), list(RECORD_FIELDS))  # type: ignore[misc]
+        if values[0] is None:
+            return None
+        return b"{" + b",".join(_QUOTED_FIELDS[i] + value for i, value in enumerate(values)) + b"}"
 
     async def get_many(self, tenant: str, job_ids: list[str]) -> list[dict[str, Any] | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -222,44 +238,47 @@ class RunStore:
         return bool(await self._renew(keys=script_keys, args=[token, lease_ms]))
 
     async def progress(
-        self, attempt: Attempt, progress: dict[str, Any], outputs: dict[str, str], event: str, data: dict[str, Any]
+        self, attempt: Attempt, progress: dict[str, Any], outputs: dict[str, str], events: list[Event]
     ) -> bool:
+        """Update the record's progress and append events, in one round trip; False if the lease was lost."""
         script_keys = [
             keys.run(attempt.tenant, attempt.job_id), keys.run_lease(attempt.job_id),
             keys.run_events(attempt.tenant, attempt.job_id),
         ]  # fmt: skip
-        args = [attempt.token, _j(progress), _j(outputs), event, _j(data)]
+        args = [attempt.token, _j(progress), _j(outputs), *_flatten_events(events)]
         return bool(await self._progress(keys=script_keys, args=args))
 
     async def _finish_attempt(
-        self, attempt: Attempt, event: str, data: dict[str, Any], fields: dict[str, Any], memory_writes: list[str]
+        self, attempt: Attempt, terminal: Event, fields: dict[str, Any], earlier: list[Event], memory_writes: list[str]
     ) -> bool:
         script_keys = [
             keys.run(attempt.tenant, attempt.job_id), keys.run_lease(attempt.job_id),
             keys.run_events(attempt.tenant, attempt.job_id), keys.story_queue(attempt.tenant, attempt.story_id),
             keys.ARQ_QUEUE, keys.WAKE_LIST,
         ]  # fmt: skip
-        flat = _flatten(fields)
+        flat, earlier_flat = _flatten(fields), _flatten_events(earlier)
+        event, data = terminal
         args: list[str | int] = [attempt.token, attempt.job_id, now_ms(), self.result_ttl, event, _j(data), len(flat)]
-        return bool(await self._finish(keys=script_keys, args=[*args, *flat, *memory_writes]))
+        args += [*flat, len(earlier_flat), *earlier_flat, *memory_writes]
+        return bool(await self._finish(keys=script_keys, args=args))
 
     async def complete(
         self, attempt: Attempt, result: str | None, outputs: dict[str, str], progress: dict[str, Any],
-        memory_writes: list[str],
+        memory_writes: list[str], earlier: list[Event],
     ) -> bool:  # fmt: skip
         """Commit the result and the memory writes together; False if the lease was lost."""
         fields = {
             "status": RunStatus.COMPLETE, "finished_at": now_iso(), "result": result,
             "outputs": outputs, "progress": progress, "error": None,
         }  # fmt: skip
-        return await self._finish_attempt(attempt, "complete", {"result": result}, fields, memory_writes)
+        return await self._finish_attempt(attempt, ("complete", {"result": result}), fields, earlier, memory_writes)
 
-    async def fail(self, attempt: Attempt, error_type: str, message: str) -> bool:
+    async def fail(self, attempt: Attempt, error_type: str, message: str, earlier: list[Event] | None = None) -> bool:
         error = {"type": error_type, "message": message}
         fields = {
             "status": RunStatus.FAILED, "finished_at": now_iso(), "result": None, "outputs": {}, "error": error,
         }  # fmt: skip
-        return await self._finish_attempt(attempt, "failed", {"error": error}, fields, [])
+        return await self._finish_attempt(attempt, ("failed", {"error": error}), fields, earlier or [], [])
 
     async def requeue(self, attempt: Attempt) -> bool:
         """Give the run back untouched (graceful shutdown): the attempt does not count."""

@@ -43,6 +43,8 @@ end
 -- keys: record, events, story_queue, arq_queue, wake
 local function finish(k, job_id, now_ms, ttl, event, data, fields)
   count_finished(k[1], event)
+  local tenant = string.match(k[1], '^sf:t:([^:]+):run:')
+  redis.call('PUBLISH', 'sf:finished', tenant .. ':' .. job_id)
   redis.call('SREM', active_runs_key(k[1]), job_id)
   redis.call('HSET', k[1], unpack(fields))
   redis.call('EXPIRE', k[1], ttl)
@@ -135,19 +137,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: record, lease, events; ARGV: token, progress_json, outputs_json, event, data
+# KEYS: record, lease, events; ARGV: token, progress_json, outputs_json, then (event, data) pairs
 PROGRESS = (
     COMMON
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'outputs', ARGV[3])
-emit(KEYS[3], ARGV[4], ARGV[5], nil)
+for i = 4, #ARGV, 2 do emit(KEYS[3], ARGV[i], ARGV[i + 1], nil) end
 return 1
 """
 )
 
 # KEYS: record, lease, events, story_queue, arq_queue, wake
-# ARGV: token, job_id, now_ms, ttl, event, data, n_fields, fields..., then (hash, field, value) memory writes
+# ARGV: token, job_id, now_ms, ttl, event, data, n_fields, fields..., n_earlier, earlier (event, data) pairs...,
+#       then (hash, field, value) memory writes
 FINISH = (
     COMMON
     + """
@@ -156,7 +159,10 @@ redis.call('DEL', KEYS[2])
 local n = tonumber(ARGV[7])
 local fields = {}
 for i = 8, 7 + n do fields[#fields + 1] = ARGV[i] end
-for i = 8 + n, #ARGV, 3 do redis.call('HSET', ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+local at = 8 + n
+local n_earlier = tonumber(ARGV[at])
+for i = at + 1, at + n_earlier, 2 do emit(KEYS[3], ARGV[i], ARGV[i + 1], nil) end
+for i = at + 1 + n_earlier, #ARGV, 3 do redis.call('HSET', ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 finish({KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], fields)
 return 1
 """

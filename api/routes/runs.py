@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -14,7 +14,6 @@ from agents.registry import Catalog
 from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from api.errors import EscapedJSONResponse, error_responses, unavailable, validation_error
 from api.schemas import JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
-from api.waiting import wait_until_finished
 from infra.settings import Settings
 from memory.store import missing_documents
 from worker.runstore import RunStore, SubmitOutcome
@@ -68,6 +67,7 @@ def refused(outcome: SubmitOutcome) -> JSONResponse:
     },
 )
 async def submit_run(
+    request: Request,
     body: RunRequest,
     tenant: TenantDep,
     store: StoreDep,
@@ -84,7 +84,7 @@ async def submit_run(
     outcome = await store.submit(tenant, uuid.uuid4().hex, **submit_fields(body, catalog, idempotency_key))
     if outcome.status not in ("queued", "existing"):
         return refused(outcome)
-    if wait and await wait_until_finished(redis, tenant, outcome.job_id, wait):
+    if wait and await request.app.state.finished_runs.wait(tenant, outcome.job_id, wait):
         record = await store.get(tenant, outcome.job_id)
         if record is not None:
             return JSONResponse(record)
@@ -99,8 +99,11 @@ async def find_run(store: RunStore, tenant: str, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/run/{job_id}", response_model=RunRecord, responses=error_responses(401, 404, 503))
-async def get_run(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str, Any]:
-    return await find_run(store, tenant, job_id)
+async def get_run(job_id: str, tenant: TenantDep, store: StoreDep) -> Response:
+    record = await store.get_json(tenant, job_id) if _JOB_ID.match(job_id) else None
+    if record is None:
+        raise HTTPException(404, NOT_FOUND)
+    return Response(record, media_type="application/json")
 
 
 @router.delete("/run/{job_id}", response_model=RunRecord, responses=error_responses(401, 404, 409, 503))
