@@ -37,3 +37,14 @@ def test_quick_benchmark_completes_and_prints_the_table() -> None:
     for name in SCENARIO_NAMES:
         assert name in done.stdout, name
     assert "Errors:" not in done.stdout
+
+
+@pytest.mark.timeout(200)
+def test_quick_fault_benchmark_loses_nothing() -> None:
+    """The fault table's own verdict (exit 0: no run lost, no memory write duplicated), not its timings."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.faults", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    for scenario in ("worker SIGKILL", "Redis kill -9", "Redis outage"):
+        assert f"| {scenario} | 20 | 20 | 0 | 0 | 0 |" in done.stdout

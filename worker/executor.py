@@ -114,11 +114,28 @@ class FlowExecutor:
             # Shutdown or abort: give the run back unless it was cancelled (then the lease is gone).
             await asyncio.shield(self.store.requeue(attempt))
             raise
-        except (LeaseLost, RedisConnectionError, RedisTimeoutError) as exc:
-            logger.warning("run %s attempt %d stopped: %r", attempt.job_id, attempt.number, exc)
+        except LeaseLost as exc:
+            logger.warning("attempt stopped: lease lost", extra={"job_id": attempt.job_id})
             raise Retry(defer=1) from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning("attempt stopped: Redis unavailable", extra={"job_id": attempt.job_id})
+            heartbeat.cancel()
+            await self._hand_back_when_redis_returns(attempt)
+            raise Retry(defer=0) from exc
         finally:
             heartbeat.cancel()
+
+    async def _hand_back_when_redis_returns(self, attempt: Attempt) -> None:
+        """Give the run back as soon as Redis answers again, rather than letting its lease run out."""
+        delay = 0.1
+        deadline = time.monotonic() + self.settings.lease_seconds
+        while time.monotonic() < deadline:
+            try:
+                await self.store.requeue(attempt)
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _keep_lease(self, attempt: Attempt, run: asyncio.Task[Any], lease_lost: asyncio.Event) -> None:
         while True:
