@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from infra import keys
 from infra.timeutil import now_iso
@@ -76,17 +77,18 @@ async def missing_documents(redis: Redis, tenant: str, doc_ids: list[str]) -> li
     return [doc_id for doc_id, there in zip(doc_ids, present, strict=True) if not there]
 
 
-async def load_story_context(
-    redis: Redis, tenant: str, story_id: str, agents: list[str], doc_ids: list[str]
-) -> StoryContext:
-    """Everything a run reads from storage, in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.story_memory(tenant, story_id))
-        for agent in agents:
-            pipe.hgetall(keys.agent_memory(tenant, story_id, agent))
-        for doc_id in doc_ids:
-            pipe.hget(keys.document(tenant, doc_id), "content")
-        results = await pipe.execute()
+def queue_story_context_reads(pipe: Pipeline, tenant: str, story_id: str, agents: list[str], doc_ids: list[str]) -> int:
+    """Queue the reads of everything a run needs from storage on `pipe`; returns how many replies they make."""
+    pipe.hgetall(keys.story_memory(tenant, story_id))
+    for agent in agents:
+        pipe.hgetall(keys.agent_memory(tenant, story_id, agent))
+    for doc_id in doc_ids:
+        pipe.hget(keys.document(tenant, doc_id), "content")
+    return 1 + len(agents) + len(doc_ids)
+
+
+def story_context_from(results: list[Any], agents: list[str], doc_ids: list[str]) -> StoryContext:
+    """The replies of queue_story_context_reads, decoded."""
     story_raw, agent_raws, doc_raws = results[0], results[1 : 1 + len(agents)], results[1 + len(agents) :]
     memory = MemoryManager(
         _decode_hash(story_raw),

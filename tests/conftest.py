@@ -165,3 +165,30 @@ async def wait_http_ok(url: str, timeout: float = 20.0) -> None:
                 return False
 
         await wait_for(ok, timeout=timeout, interval=0.1)
+
+
+RUN = {"input": "Users want PDF export.", "story_id": "story-1"}
+
+
+async def submit(client: httpx.AsyncClient, **overrides: str) -> str:
+    """POST /run of RUN with `overrides`; the job id of the queued run."""
+    response = await client.post("/run", json={**RUN, **overrides})
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+async def record(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"/run/{job_id}")
+    assert response.status_code == 200, response.text
+    run: dict[str, Any] = response.json()
+    return run
+
+
+async def until_status(client: httpx.AsyncClient, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        run = await record(client, job_id)
+        return run if run["status"] in statuses else None
+
+    result: dict[str, Any] = await wait_for(reached, timeout=timeout)
+    return result

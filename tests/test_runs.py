@@ -10,22 +10,7 @@ import httpx
 from redis.asyncio import Redis
 
 from infra.settings import Settings
-from tests.conftest import api_client, drain, make_settings
-
-RUN = {"input": "Users want PDF export.", "story_id": "story-1"}
-
-
-async def submit(client: httpx.AsyncClient, **overrides: str) -> str:
-    response = await client.post("/run", json={**RUN, **overrides})
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["job_id"]
-    return job_id
-
-
-async def record(client: httpx.AsyncClient, job_id: str) -> dict:
-    response = await client.get(f"/run/{job_id}")
-    assert response.status_code == 200
-    return response.json()
+from tests.conftest import RUN, api_client, drain, make_settings, record, submit
 
 
 async def test_default_flow_completes_with_outputs_and_memory(client: httpx.AsyncClient, settings: Settings) -> None:

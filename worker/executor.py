@@ -17,7 +17,7 @@ from agents.llm import LLMClient
 from agents.registry import Catalog
 from infra.metrics import LocalMetrics
 from infra.settings import Settings
-from memory.store import encode_memory_writes, load_story_context
+from memory.store import StoryContext, encode_memory_writes, queue_story_context_reads, story_context_from
 from worker.runstore import Attempt, Event, RunStore
 
 logger = logging.getLogger("storyflow.worker")
@@ -79,12 +79,9 @@ class FlowExecutor:
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.runs_done = 0
 
-    async def execute(self, tenant: str, job_id: str, story_id: str) -> str:
-        token = uuid.uuid4().hex
+    async def execute(self, tenant: str, job_id: str, story_id: str, flow: str) -> str:
         try:
-            begun = await self.store.begin(
-                tenant, job_id, story_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts
-            )
+            begun, context = await self._begin(tenant, job_id, story_id, flow)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise Retry(defer=1) from exc
         if isinstance(begun, str):
@@ -95,19 +92,35 @@ class FlowExecutor:
         started = time.monotonic()
         log = {"job_id": job_id, "tenant": tenant, "story_id": begun.story_id, "flow": begun.flow}
         logger.info("run started", extra={**log, "attempt": begun.number})
-        outcome = await self._supervise(begun)
+        outcome = await self._supervise(begun, context)
         seconds = time.monotonic() - started
         self.metrics.observe("storyflow_run_duration_seconds", seconds, flow=begun.flow, status=outcome)
         logger.info("run %s", outcome, extra={**log, "attempt": begun.number, "duration_s": round(seconds, 4)})
         return outcome
 
-    async def _supervise(self, attempt: Attempt) -> str:
+    async def _begin(
+        self, tenant: str, job_id: str, story_id: str, flow: str
+    ) -> tuple[Attempt | str, StoryContext | None]:
+        """Take the lease and read the story's memory and documents, in one round trip."""
+        spec = self.catalog.flows.get(flow)
+        agents, doc_ids = (list(spec.agents), list(spec.requires_docs)) if spec else ([], [])
+        token = uuid.uuid4().hex
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            await self.store.queue_begin(
+                pipe, tenant, job_id, story_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts
+            )
+            queue_story_context_reads(pipe, tenant, story_id, agents, doc_ids)
+            replies = await pipe.execute()
+        begun = self.store.begun(replies[0], tenant, job_id, token)
+        return begun, story_context_from(replies[1:], agents, doc_ids) if spec else None
+
+    async def _supervise(self, attempt: Attempt, context: StoryContext | None) -> str:
         lease_lost = asyncio.Event()
         run = asyncio.current_task()
         assert run is not None
         heartbeat = asyncio.create_task(self._keep_lease(attempt, run, lease_lost))
         try:
-            return await self._run_attempt(attempt)
+            return await self._run_attempt(attempt, context)
         except asyncio.CancelledError:
             if lease_lost.is_set():
                 raise Retry(defer=0) from None
@@ -149,14 +162,11 @@ class FlowExecutor:
                 run.cancel()
                 return
 
-    async def _run_attempt(self, attempt: Attempt) -> str:
+    async def _run_attempt(self, attempt: Attempt, context: StoryContext | None) -> str:
         spec = self.catalog.flows.get(attempt.flow)
-        if spec is None:
+        if spec is None or context is None:
             await self.store.fail(attempt, "unknown_flow", f"this worker does not know flow {attempt.flow!r}")
             return "failed"
-        context = await load_story_context(
-            self.store.redis, attempt.tenant, attempt.story_id, list(spec.agents), list(spec.requires_docs)
-        )
         if context.missing_docs:
             await self.store.fail(attempt, "missing_documents", f"documents missing: {context.missing_docs}")
             return "failed"

@@ -32,9 +32,9 @@ HEARTBEAT_S = 2.0
 VERSION = "0.1.0"
 
 
-async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str, story_id: str) -> str:
+async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str, story_id: str, flow: str) -> str:
     executor: FlowExecutor = ctx["executor"]
-    return await executor.execute(tenant, job_id, story_id)
+    return await executor.execute(tenant, job_id, story_id, flow)
 
 
 class StoryflowWorker(Worker):
@@ -105,6 +105,10 @@ class StoryflowWorker(Worker):
             except BaseException:
                 executor.metrics.restore(flushed)
                 raise
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq would re-check each of its own running jobs with WATCH/EXISTS/ZSCORE on every poll.
+        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

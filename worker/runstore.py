@@ -10,6 +10,7 @@ from typing import Any, Literal
 import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from infra import keys
 from infra.redis import dumps_job
@@ -115,7 +116,7 @@ class RunStore:
         idempotency_key: str | None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         score = now_ms()
-        payload = serialize_job(RUN_FUNCTION, (tenant, job_id, story_id), {}, None, score, serializer=dumps_job)
+        payload = serialize_job(RUN_FUNCTION, (tenant, job_id, story_id, flow), {}, None, score, serializer=dumps_job)
         record = {
             "job_id": job_id, "tenant": tenant, "flow": flow, "story_id": story_id, "input": input,
             "status": RunStatus.QUEUED, "attempts": 0, "enqueued_at": now_iso(), "started_at": None,
@@ -217,17 +218,22 @@ class RunStore:
 
     # --- worker side ----------------------------------------------------------------------
 
-    async def begin(
-        self, tenant: str, job_id: str, story_id: str, token: str, *, lease_ms: int, max_attempts: int
-    ) -> Attempt | str:
-        """Start an attempt and take the lease; else why not: 'gone', 'skip' or 'exhausted'."""
+    async def queue_begin(
+        self, pipe: Pipeline, tenant: str, job_id: str, story_id: str, token: str, *, lease_ms: int,
+        max_attempts: int,
+    ) -> None:  # fmt: skip
+        """Queue the start of an attempt (take the lease) on `pipe`; read its reply with `begun`."""
         script_keys = [
             keys.run(tenant, job_id), keys.run_lease(job_id), keys.arq_in_progress(job_id),
             keys.run_events(tenant, job_id), keys.story_queue(tenant, story_id),
             keys.ARQ_QUEUE, keys.WAKE_LIST,
         ]  # fmt: skip
         args: list[str | int] = [token, lease_ms, _j(now_iso()), max_attempts, now_ms(), self.result_ttl, job_id]
-        reply = await self._begin(keys=script_keys, args=args)
+        await self._begin(keys=script_keys, args=args, client=pipe)
+
+    @staticmethod
+    def begun(reply: list[Any], tenant: str, job_id: str, token: str) -> Attempt | str:
+        """The attempt that started, or why none did: 'gone', 'skip' or 'exhausted'."""
         if reply[0] != b"run":
             return str(reply[0].decode())
         number, flow, story, run_input = reply[1], *(orjson.loads(v) for v in reply[2:5])

@@ -16,32 +16,9 @@ import pytest
 from redis.asyncio import Redis
 
 from infra.settings import Settings
-from tests.conftest import Processes, api_client, make_settings, wait_for
+from tests.conftest import Processes, api_client, make_settings, record, submit, until_status
 
 pytestmark = [pytest.mark.timeout(90)]
-
-RUN = {"input": "Users want PDF export.", "story_id": "story-1"}
-
-
-async def submit(client: httpx.AsyncClient, **overrides: str) -> str:
-    response = await client.post("/run", json={**RUN, **overrides})
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["job_id"]
-    return job_id
-
-
-async def get(client: httpx.AsyncClient, job_id: str) -> dict:
-    run: dict = (await client.get(f"/run/{job_id}")).json()
-    return run
-
-
-async def until_status(client: httpx.AsyncClient, job_id: str, *statuses: str, timeout: float = 30) -> dict:
-    async def reached() -> dict | None:
-        run = await get(client, job_id)
-        return run if run["status"] in statuses else None
-
-    result: dict = await wait_for(reached, timeout=timeout)
-    return result
 
 
 async def test_killed_worker_run_is_taken_over_within_15s(client: httpx.AsyncClient, processes: Processes) -> None:
@@ -69,8 +46,8 @@ async def test_sigterm_finishes_short_runs_and_hands_back_long_ones(
         await until_status(client, short, "in_progress", "complete")
         stopping.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(stopping.wait, 15) == 0
-        assert (await get(client, short))["status"] == "complete"
-        handed_back = await get(client, long)
+        assert (await record(client, short))["status"] == "complete"
+        handed_back = await record(client, long)
         assert handed_back["status"] == "queued" and handed_back["attempts"] == 0
         processes.worker()
         run = await until_status(client, long, "complete", "failed", timeout=20)
@@ -107,7 +84,7 @@ async def test_a_run_that_keeps_crashing_its_worker_ends_failed(
             worker = processes.worker(STORYFLOW_MAX_ATTEMPTS="2", STORYFLOW_LEASE_SECONDS="1")
             with contextlib.suppress(subprocess.TimeoutExpired):  # the last worker outlives the run
                 await asyncio.to_thread(worker.wait, 10)
-            if (await get(client, job_id))["status"] == "failed":
+            if (await record(client, job_id))["status"] == "failed":
                 break
         run = await until_status(client, job_id, "failed", timeout=15)
         assert run["error"]["type"] == "attempts_exhausted" and run["attempts"] == 2
@@ -125,7 +102,7 @@ async def test_a_blocked_event_loop_cannot_commit_twice(
         await asyncio.sleep(4)  # the blocked attempt wakes up and must not commit
         memory = (await client.get("/memory/story-1")).json()
         assert memory["story"]["blockonce_commits"] == 1
-        assert (await get(client, job_id))["attempts"] == 2
+        assert (await record(client, job_id))["attempts"] == 2
 
 
 async def test_finished_records_expire_but_memory_and_documents_stay(redis_url: str, redis: Redis) -> None:
@@ -136,7 +113,7 @@ async def test_finished_records_expire_but_memory_and_documents_stay(redis_url: 
         await client.put("/docs/prd", json={"content": "kept"})
         job_id = await submit(client)
         await drain(settings)
-        assert (await get(client, job_id))["status"] == "complete"
+        assert (await record(client, job_id))["status"] == "complete"
         await asyncio.sleep(2.2)
         assert (await client.get(f"/run/{job_id}")).status_code == 404
         assert (await client.get("/memory/story-1")).status_code == 200
