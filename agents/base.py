@@ -25,6 +25,7 @@ class Agent(AsyncNode):  # type: ignore[misc]
     name: ClassVar[str]
     requires_docs: ClassVar[tuple[str, ...]] = ()
     prompt: ClassVar[str]
+    memory_key: ClassVar[str | None] = None  # story-scope key this agent's output is remembered under
 
     def __init__(self, llm: LLMClient, *, max_retries: int = 1, wait: float = 0.5) -> None:
         super().__init__(max_retries=max_retries, wait=wait)
@@ -69,4 +70,6 @@ class Agent(AsyncNode):  # type: ignore[misc]
         return "\n\n".join(parts)
 
     def remember(self, memory: AgentMemory, output: str) -> None:
-        """Write what later agents and later runs of the story should know. Override per agent."""
+        """Write what later agents and later runs of the story should know; override for more."""
+        if self.memory_key:
+            memory.story.set(self.memory_key, output)

@@ -19,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from agents.base import Agent
-from memory.manager import AgentMemory
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 DocId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
@@ -46,16 +45,6 @@ class FlowsDefinition(BaseModel):
     flows: dict[Name, Annotated[list[Name], Field(min_length=1)]]
 
 
-class DataAgent(Agent):
-    """An agent made from an AgentDefinition."""
-
-    memory_key: str | None = None
-
-    def remember(self, memory: AgentMemory, output: str) -> None:
-        if self.memory_key:
-            memory.story.set(self.memory_key, output)
-
-
 def _read(path: Path, model: type[BaseModel]) -> Any:
     try:
         raw = yaml.safe_load(path.read_text())
@@ -72,7 +61,7 @@ def agent_class(definition: AgentDefinition) -> type[Agent]:
         "name": definition.name, "prompt": definition.prompt,
         "requires_docs": tuple(definition.requires_docs), "memory_key": definition.memory_key,
     }  # fmt: skip
-    return type(f"DataAgent_{definition.name}", (DataAgent,), attributes)
+    return type(f"DataAgent_{definition.name}", (Agent,), attributes)
 
 
 def load_definitions(directories: list[Path]) -> tuple[dict[str, type[Agent]], dict[str, tuple[str, ...]]]:
