@@ -42,6 +42,8 @@ class ProgressTracker:
     node_started_at: float = 0.0
     # node_finished is sent with the next node_started, or with the commit: one round trip per step.
     unsent: list[Event] = field(default_factory=list)
+    # The begin script already announced the first node's start.
+    announced: str | None = None
 
     def progress(self) -> dict[str, Any]:
         return {"done": list(self.done), "current": self.current, "total": self.total}
@@ -49,6 +51,9 @@ class ProgressTracker:
     async def node_started(self, node: str) -> None:
         self.current = node
         self.node_started_at = time.monotonic()
+        if node == self.announced and not self.done:
+            self.announced = None
+            return
         events = [*self.take_unsent(), ("node_started", {"node": node})]
         if not await self.store.progress(self.attempt, self.progress(), self.outputs, events):
             raise LeaseLost(self.attempt.job_id)
@@ -107,8 +112,9 @@ class FlowExecutor:
         token = uuid.uuid4().hex
         async with self.store.redis.pipeline(transaction=False) as pipe:
             await self.store.queue_begin(
-                pipe, tenant, job_id, story_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts
-            )
+                pipe, tenant, job_id, story_id, token, lease_ms=self.lease_ms,
+                max_attempts=self.settings.max_attempts, first_node=agents[0] if agents else None,
+            )  # fmt: skip
             queue_story_context_reads(pipe, tenant, story_id, agents, doc_ids)
             replies = await pipe.execute()
         begun = self.store.begun(replies[0], tenant, job_id, token)
@@ -170,7 +176,9 @@ class FlowExecutor:
         if context.missing_docs:
             await self.store.fail(attempt, "missing_documents", f"documents missing: {context.missing_docs}")
             return "failed"
-        tracker = ProgressTracker(self.store, attempt, total=len(spec.agents), metrics=self.metrics)
+        tracker = ProgressTracker(
+            self.store, attempt, total=len(spec.agents), metrics=self.metrics, announced=spec.agents[0]
+        )
         shared: dict[str, Any] = {
             "job_id": attempt.job_id, "story_id": attempt.story_id, "input": attempt.input,
             "current": attempt.input, "docs": context.docs, "memory": context.memory,

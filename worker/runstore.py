@@ -220,7 +220,7 @@ class RunStore:
 
     async def queue_begin(
         self, pipe: Pipeline, tenant: str, job_id: str, story_id: str, token: str, *, lease_ms: int,
-        max_attempts: int,
+        max_attempts: int, first_node: str | None = None,
     ) -> None:  # fmt: skip
         """Queue the start of an attempt (take the lease) on `pipe`; read its reply with `begun`."""
         script_keys = [
@@ -229,6 +229,7 @@ class RunStore:
             keys.ARQ_QUEUE, keys.WAKE_LIST,
         ]  # fmt: skip
         args: list[str | int] = [token, lease_ms, _j(now_iso()), max_attempts, now_ms(), self.result_ttl, job_id]
+        args.append(first_node or "")
         await self._begin(keys=script_keys, args=args, client=pipe)
 
     @staticmethod

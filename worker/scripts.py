@@ -53,9 +53,11 @@ local function finish(k, job_id, now_ms, ttl, event, data, fields)
 end
 
 -- The progress of a run about to (re)start: nothing done yet.
-local function reset_progress(record)
+local function reset_progress(record, current)
   local p = cjson.decode(redis.call('HGET', record, 'progress'))
-  return '{"done":[],"current":null,"total":' .. p.total .. '}'
+  -- Built by hand: cjson would encode the empty `done` list as {}.
+  local now = current and cjson.encode(current) or 'null'
+  return '{"done":[],"current":' .. now .. ',"total":' .. p.total .. '}'
 end
 
 local function is_terminal(status)
@@ -101,7 +103,7 @@ return {'queued', ARGV[1]}
 )
 
 # KEYS: record, lease, arq_in_progress, events, story_queue, arq_queue, wake
-# ARGV: token, lease_ms, now_iso_json, max_attempts, now_ms, ttl, job_id
+# ARGV: token, lease_ms, now_iso_json, max_attempts, now_ms, ttl, job_id, first node ('' if not known)
 BEGIN = (
     COMMON
     + """
@@ -121,9 +123,11 @@ if attempts > tonumber(ARGV[4]) then
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], 'status', '"in_progress"', 'started_at', ARGV[3], 'progress', reset_progress(KEYS[1]),
-  'outputs', '{}', 'result', 'null', 'error', 'null')
+local first = ARGV[8] ~= '' and ARGV[8] or nil
+redis.call('HSET', KEYS[1], 'status', '"in_progress"', 'started_at', ARGV[3],
+  'progress', reset_progress(KEYS[1], first), 'outputs', '{}', 'result', 'null', 'error', 'null')
 emit(KEYS[4], 'started', cjson.encode({attempt = attempts}), nil)
+if first then emit(KEYS[4], 'node_started', cjson.encode({node = first}), nil) end
 local fields = redis.call('HMGET', KEYS[1], 'flow', 'story_id', 'input')
 return {'run', attempts, fields[1], fields[2], fields[3]}
 """
