@@ -18,6 +18,7 @@ from agents.registry import Catalog
 from infra.metrics import LocalMetrics
 from infra.settings import Settings
 from memory.store import StoryContext, encode_memory_writes, queue_story_context_reads, story_context_from
+from worker.instrumentation import MeteredLLM
 from worker.runstore import Attempt, Event, RunStore
 
 logger = logging.getLogger("storyflow.worker")
@@ -74,8 +75,6 @@ class FlowExecutor:
     """Per worker process: executes runs with the catalog and LLM client made at start-up."""
 
     def __init__(self, settings: Settings, store: RunStore, catalog: Catalog, llm: LLMClient) -> None:
-        from worker.instrumentation import MeteredLLM
-
         self.settings = settings
         self.store = store
         self.catalog = catalog
