@@ -47,13 +47,20 @@ class Settings(BaseSettings):
     # Per tenant, shared by every API process through Redis; 0 means no limit.
     max_active_runs_per_tenant: Annotated[int, Field(ge=0)] = 0
     submissions_per_minute: Annotated[int, Field(ge=0)] = 0
-    public_ops: bool = False  # /readyz and /metrics without an API key
+    public_ops: bool = False  # /readyz, /metrics and /workers without an API key
+    # Keys for the operations routes (/readyz, /metrics, /workers), comma-separated; tenant keys get 403 there.
+    ops_keys: Annotated[SecretStr | None, NoDecode] = None
+    # Open event streams (GET /run/{id}/events) one tenant may hold on one API process; over it, 429.
+    max_streams_per_tenant: PositiveInt = 100
     poll_interval: PositiveFloat = 1.0
 
     # Limits.
     max_body_bytes: PositiveInt = 1_048_576
     max_doc_bytes: PositiveInt = 1_048_576
     max_batch_runs: Annotated[int, Field(gt=0, le=1000)] = 1000
+    # Request headers on `storyflow api`: the most bytes, and the longest time to send them all.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 65536
+    header_timeout: PositiveFloat = 10.0
 
     # Extra modules to import for agents and flows, comma-separated (plugins, tests).
     agent_modules: str = ""
@@ -79,6 +86,21 @@ class Settings(BaseSettings):
         parse_api_keys(value.get_secret_value())
         return value
 
+    @field_validator("ops_keys")
+    @classmethod
+    def _ops_keys_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_ops_keys(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _keys_not_shared(self) -> Settings:
+        tenant_keys = set(self.keys_to_tenants)
+        if tenant_keys & set(self.ops_key_list):
+            raise ValueError("STORYFLOW_OPS_KEYS: an operations key must not also be a tenant's key")
+        return self
+
     @model_validator(mode="after")
     def _openai_needs_url(self) -> Settings:
         if self.llm_provider == "openai" and not (self.llm_base_url and self.llm_model):
@@ -91,6 +113,10 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return {}
         return {key: tenant for tenant, key in parse_api_keys(self.api_keys.get_secret_value())}
+
+    @cached_property
+    def ops_key_list(self) -> list[str]:
+        return [] if self.ops_keys is None else parse_ops_keys(self.ops_keys.get_secret_value())
 
     @property
     def auth_enabled(self) -> bool:
@@ -107,6 +133,7 @@ class Settings(BaseSettings):
 
 def parse_api_keys(raw: str) -> list[tuple[str, str]]:
     pairs = []
+    owners: dict[str, str] = {}
     for item in raw.split(","):
         item = item.strip()
         if not item:
@@ -118,7 +145,19 @@ def parse_api_keys(raw: str) -> list[tuple[str, str]]:
             raise ValueError(f"tenant name {tenant!r} must match {TENANT_PATTERN.pattern}")
         if len(key) < 8:
             raise ValueError(f"the key of tenant {tenant!r} is shorter than 8 characters")
+        if key in owners:
+            raise ValueError(f"STORYFLOW_API_KEYS gives one key to tenants {owners[key]!r} and {tenant!r}")
+        owners[key] = tenant
         pairs.append((tenant, key))
     if not pairs:
         raise ValueError("STORYFLOW_API_KEYS holds no tenant:key pair")
     return pairs
+
+
+def parse_ops_keys(raw: str) -> list[str]:
+    found = [key.strip() for key in raw.split(",") if key.strip()]
+    if not found:
+        raise ValueError("STORYFLOW_OPS_KEYS holds no key")
+    if any(len(key) < 8 for key in found):
+        raise ValueError("STORYFLOW_OPS_KEYS: every key must be at least 8 characters")
+    return found
