@@ -61,21 +61,40 @@ async def get_tenant(
             if hmac.compare_digest(key.encode(), presented.encode()):
                 tenant = owner
     if tenant is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or invalid API key: send Authorization: Bearer <key> or X-API-Key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     return tenant
 
 
-async def get_ops_tenant(
+async def require_ops_key(
     settings: Annotated[Settings, Depends(get_settings)], bearer: BearerDep, x_api_key: ApiKeyDep
-) -> str | None:
-    """Operations routes (/readyz, /metrics): protected like the rest unless STORYFLOW_PUBLIC_OPS."""
-    if settings.public_ops:
-        return None
-    return await get_tenant(settings, bearer, x_api_key)
+) -> None:
+    """Operations routes (/readyz, /metrics, /workers) show the whole fleet: they take an ops key, not a tenant's.
+
+    Open when auth is off or STORYFLOW_PUBLIC_OPS is set; no key or an unknown one: 401; a tenant's key: 403.
+    """
+    if settings.public_ops or not settings.auth_enabled:
+        return
+    presented = _presented_key(bearer, x_api_key)
+    if presented is not None and _matches_any(presented, settings.ops_key_list):
+        return
+    if presented is not None and _matches_any(presented, list(settings.keys_to_tenants)):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="operations routes take a key from STORYFLOW_OPS_KEYS")
+    raise _unauthorized()
+
+
+def _matches_any(presented: str, candidates: list[str]) -> bool:
+    found = False
+    for candidate in candidates:  # every candidate compared: the time taken says nothing of which matched
+        found |= hmac.compare_digest(candidate.encode(), presented.encode())
+    return found
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="missing or invalid API key: send Authorization: Bearer <key> or X-API-Key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -83,4 +102,4 @@ RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[RunStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 TenantDep = Annotated[str, Depends(get_tenant)]
-OpsAccessDep = Annotated[str | None, Depends(get_ops_tenant)]
+OpsAccessDep = Annotated[None, Depends(require_ops_key)]

@@ -8,6 +8,7 @@ import sys
 
 import httpx
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from infra.logs import JsonFormatter
@@ -40,11 +41,26 @@ async def test_metrics_see_the_queue(client: httpx.AsyncClient) -> None:
     assert "storyflow_queue_depth 2.0" in (await client.get("/metrics")).text
 
 
-async def test_metrics_and_workers_need_a_key_when_auth_is_on(redis_url: str, redis: Redis) -> None:
-    async for client in api_client(make_settings(redis_url, api_keys="ops:ops-key-1234")):
-        assert (await client.get("/metrics")).status_code == 401
-        assert (await client.get("/workers")).status_code == 401
-        assert (await client.get("/metrics", headers={"X-API-Key": "ops-key-1234"})).status_code == 200
+async def test_operations_routes_take_an_ops_key_not_a_tenant_key(redis_url: str, redis: Redis) -> None:
+    settings = make_settings(redis_url, api_keys="acme:acme-key-1234", ops_keys="ops-key-1234,ops-key-5678")
+    async for client in api_client(settings):
+        for path in ("/metrics", "/workers", "/readyz"):
+            assert (await client.get(path)).status_code == 401
+            assert (await client.get(path, headers={"X-API-Key": "wrong-key-000"})).status_code == 401
+            tenant = await client.get(path, headers={"X-API-Key": "acme-key-1234"})
+            assert tenant.status_code == 403 and "STORYFLOW_OPS_KEYS" in tenant.json()["detail"]
+            for ops_key in ("ops-key-1234", "ops-key-5678"):
+                answer = await client.get(path, headers={"Authorization": f"Bearer {ops_key}"})
+                assert answer.status_code in (200, 503), answer.text  # /readyz: 503 without a worker
+        # An ops key is not a tenant: the tenant routes refuse it.
+        assert (await client.get("/runs", headers={"X-API-Key": "ops-key-1234"})).status_code == 401
+
+
+def test_ops_keys_are_checked_at_start(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="at least 8"):
+        make_settings(redis_url, api_keys="acme:acme-key-1234", ops_keys="short")
+    with pytest.raises(ValueError, match="must not also be a tenant"):
+        make_settings(redis_url, api_keys="acme:acme-key-1234", ops_keys="acme-key-1234")
 
 
 async def test_workers_lists_live_workers(client: httpx.AsyncClient, background_worker: object) -> None:

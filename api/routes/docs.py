@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 
 from api.deps import RedisDep, SettingsDep, TenantDep
 from api.errors import error_responses, validation_error
+from api.routing import StrictJSONRoute
 from api.schemas import ID_PATTERN, DocumentIn, DocumentOut, DocumentSummary
 from memory import store
 
-router = APIRouter(tags=["documents"])
+router = APIRouter(tags=["documents"], route_class=StrictJSONRoute)
 DocId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 

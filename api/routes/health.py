@@ -21,7 +21,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}, **error_responses(401)})
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}, **error_responses(401, 403)})
 async def readyz(redis: RedisDep, access: OpsAccessDep) -> JSONResponse:
     try:
         await redis.ping()

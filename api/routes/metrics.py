@@ -76,7 +76,7 @@ class Snapshot(Collector):
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}, **error_responses(401, 503)},
+    responses={200: {"content": {"text/plain": {}}}, **error_responses(401, 403, 503)},
 )
 async def metrics(redis: RedisDep, access: OpsAccessDep) -> Response:
     async with redis.pipeline(transaction=False) as pipe:

@@ -13,12 +13,13 @@ from pydantic import ValidationError
 from agents.registry import Catalog
 from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from api.errors import EscapedJSONResponse, error_responses, unavailable, validation_error
+from api.routing import StrictJSONRoute
 from api.schemas import JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
 from infra.settings import Settings
 from memory.store import missing_documents
 from worker.runstore import RunStore, SubmitOutcome
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 NOT_FOUND = "run not found"
 
