@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from agents.registry import load_catalog
 from api.errors import install_error_handlers
 from api.routes import docs, events, flows, health, memory, metrics, runs, workers
+from api.routes.swagger import mount_swagger
 from api.waiting import FinishedRuns
 from infra.redis import create_redis
 from infra.settings import Settings
@@ -47,12 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.finished_runs.stop()
             await app.state.redis.aclose()
 
-    # /docs is the contract's documents route, so the interactive API docs live at /swagger.
     app = FastAPI(
-        title="storyflow", version="0.1.0", lifespan=lifespan, docs_url="/swagger", redoc_url=None,
+        title="storyflow", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         max_body_size=settings.max_body_bytes,  # 413 whether the body has a Content-Length or comes chunked
     )  # fmt: skip
     install_error_handlers(app)
     for module in (runs, events, docs, memory, flows, health, workers, metrics):
         app.include_router(module.router)
+    mount_swagger(app)
     return app
