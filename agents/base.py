@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pocketflow import AsyncNode
 
-from agents.llm import LLMClient, TransientLLMError
+from agents.llm import LLMClient
 from memory.manager import AgentMemory
 
 
@@ -27,8 +25,9 @@ class Agent(AsyncNode):  # type: ignore[misc]
     prompt: ClassVar[str]
     memory_key: ClassVar[str | None] = None  # story-scope key this agent's output is remembered under
 
-    def __init__(self, llm: LLMClient, *, max_retries: int = 1, wait: float = 0.5) -> None:
-        super().__init__(max_retries=max_retries, wait=wait)
+    def __init__(self, llm: LLMClient) -> None:
+        # No retries here: the LLM client retries transient failures (one layer, honouring Retry-After).
+        super().__init__(max_retries=1)
         self.llm = llm
 
     async def prep_async(self, shared: dict[str, Any]) -> AgentTask:
@@ -39,17 +38,6 @@ class Agent(AsyncNode):  # type: ignore[misc]
 
     async def exec_async(self, prep_res: AgentTask) -> str:
         return await self.llm.complete(agent=self.name, system=prep_res.system, user=prep_res.input)
-
-    async def _exec(self, prep_res: AgentTask) -> str:
-        # PocketFlow retries every exception; only transient LLM failures deserve another try.
-        for attempt in range(self.max_retries):
-            try:
-                return await self.exec_async(prep_res)
-            except TransientLLMError:
-                if attempt == self.max_retries - 1:
-                    raise
-                await asyncio.sleep(self.wait * 2**attempt * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable: max_retries < 1")
 
     async def post_async(self, shared: dict[str, Any], prep_res: AgentTask, exec_res: str) -> None:
         memory: AgentMemory = shared["memory"].for_agent(self.name)

@@ -15,9 +15,9 @@ FLOWS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_flow(agent_classes: list[type[Agent]], llm: LLMClient, *, max_retries: int, wait: float) -> AsyncFlow:
+def build_flow(agent_classes: list[type[Agent]], llm: LLMClient) -> AsyncFlow:
     """A fresh AsyncFlow chaining the agents in order; built per run, nodes hold no run state."""
-    nodes = [cls(llm, max_retries=max_retries, wait=wait) for cls in agent_classes]
+    nodes = [cls(llm) for cls in agent_classes]
     for current, following in pairwise(nodes):
         current >> following
     return AsyncFlow(start=nodes[0])

@@ -44,11 +44,11 @@ class Catalog:
             docs.update(dict.fromkeys(self.agents[agent].requires_docs))
         return tuple(docs)
 
-    def build(self, flow: str, llm: LLMClient, *, max_retries: int = 1, wait: float = 0.5) -> AsyncFlow:
+    def build(self, flow: str, llm: LLMClient) -> AsyncFlow:
         from agents.flow import build_flow
 
         classes = [self.agents[name] for name in self.flows[flow].agents]
-        return build_flow(classes, llm, max_retries=max_retries, wait=wait)
+        return build_flow(classes, llm)
 
 
 def _agents_in(module: ModuleType) -> dict[str, type[Agent]]:

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from agents import openai_llm
 from agents.llm import TransientLLMError, create_llm
-from agents.openai_llm import LLMRequestError, LLMResponseError, OpenAILLM, retry_after_seconds
+from agents.llm import openai_compatible as openai_llm
+from agents.llm.openai_compatible import LLMRequestError, LLMResponseError, OpenAILLM, retry_after_seconds
 from infra.settings import Settings
 from tests.conftest import drain, make_settings
 from tests.support.fake_openai import FakeOpenAI, Reply, fake_openai_fixture, fake_openai_server  # noqa: F401

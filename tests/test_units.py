@@ -8,7 +8,8 @@ import fakeredis
 import pytest
 
 from agents.base import Agent, AgentTask
-from agents.llm import EchoLLM, TransientLLMError
+from agents.llm import TransientLLMError
+from agents.llm.echo import EchoLLM
 from infra import keys
 from infra.settings import Settings
 from memory import store
@@ -61,17 +62,12 @@ class Probe(Agent):
     prompt = "p"
 
 
-async def test_agents_retry_transient_failures_only() -> None:
-    flaky = Flaky([TransientLLMError("429"), TransientLLMError("503")])
-    assert await Probe(flaky, max_retries=3, wait=0.001)._exec(AgentTask("in", "sys")) == "ok"
-    assert flaky.calls == 3
-    fatal = Flaky([ValueError("bad prompt")])
-    with pytest.raises(ValueError):
-        await Probe(fatal, max_retries=3, wait=0.001)._exec(AgentTask("in", "sys"))
-    assert fatal.calls == 1
-    exhausted = Flaky([TransientLLMError("1"), TransientLLMError("2")])
+async def test_an_agent_does_not_retry_what_its_llm_client_gave_up_on() -> None:
+    """One retry layer: the LLM client's. A TransientLLMError reaching the node fails the attempt at once."""
+    exhausted = Flaky([TransientLLMError("429 after 4 attempts")])
     with pytest.raises(TransientLLMError):
-        await Probe(exhausted, max_retries=2, wait=0.001)._exec(AgentTask("in", "sys"))
+        await Probe(exhausted)._exec(AgentTask("in", "sys"))
+    assert exhausted.calls == 1
 
 
 async def test_echo_names_the_agent_and_its_input() -> None:
