@@ -14,6 +14,7 @@ from agents import flow as shipped_flows
 from agents import nodes as shipped_nodes
 from agents.base import Agent
 from agents.definitions import BUILTIN_DIR, load_definitions
+from agents.graph import FlowGraph, GraphError, straight_line
 from agents.llm import LLMClient
 
 
@@ -21,22 +22,32 @@ class CatalogError(ValueError):
     pass
 
 
+# A flow as Python modules declare it (`FLOWS`): a sequence of agent names, or a graph.
+FlowDeclaration = FlowGraph | tuple[str, ...] | list[str]
+
+
 @dataclass(frozen=True)
 class FlowSpec:
     name: str
-    agents: tuple[str, ...]
+    graph: FlowGraph
     requires_docs: tuple[str, ...]
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        return self.graph.agents
 
 
 class Catalog:
-    def __init__(self, agents: dict[str, type[Agent]], flows: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, agents: dict[str, type[Agent]], flows: dict[str, FlowDeclaration]) -> None:
         self.agents = agents
         self.flows: dict[str, FlowSpec] = {}
-        for name, agent_names in flows.items():
-            unknown = [a for a in agent_names if a not in agents]
-            if unknown or not agent_names:
-                raise CatalogError(f"flow {name!r} names unknown agents {unknown} (known: {sorted(agents)})")
-            self.flows[name] = FlowSpec(name, agent_names, self._docs_of(agent_names))
+        for name, declared in flows.items():
+            graph = declared if isinstance(declared, FlowGraph) else straight_line(name, declared)
+            try:
+                graph.check(agents)
+            except GraphError as exc:
+                raise CatalogError(str(exc)) from None
+            self.flows[name] = FlowSpec(name, graph, self._docs_of(graph.agents))
 
     def _docs_of(self, agent_names: tuple[str, ...]) -> tuple[str, ...]:
         docs: dict[str, None] = {}
@@ -63,7 +74,7 @@ def load_catalog(extra_modules: list[str] | None = None, agent_dirs: list[Path] 
     """Shipped agents and flows; those declared in YAML under agents/definitions/ and `agent_dirs`;
     and those of extra Python modules (each may define Agent subclasses and FLOWS)."""
     agents = _agents_in(shipped_nodes)
-    flows = dict(shipped_flows.FLOWS)
+    flows: dict[str, FlowDeclaration] = dict(shipped_flows.FLOWS)
     data_agents, data_flows = load_definitions([BUILTIN_DIR, *(agent_dirs or [])])
     agents.update(data_agents)
     flows.update(data_flows)

@@ -39,7 +39,11 @@ def test_a_declared_agent_and_flow_join_the_catalog(tmp_path: Path) -> None:
         ({"critic.yaml": "name: Critic!\nprompt: p\n"}, "critic.yaml: name: String should match"),
         ({"critic.yaml": CRITIC + "colour: red\n"}, "critic.yaml: colour: Extra inputs are not permitted"),
         ({"critic.yaml": "name: [unclosed\n"}, "critic.yaml: not valid YAML"),
-        ({"flows.yaml": "flows:\n  review: []\n"}, "flows.yaml: flows.review: List should have at least 1"),
+        ({"flows.yaml": "flows:\n  review: []\n"}, "flows.yaml: flows.review.list: List should have at least 1"),
+        (
+            {"flows.yaml": "flows:\n  loop:\n    start: sm\n    nodes:\n      sm: {next: dev, on: {a: ~}}\n"},
+            "flows.yaml: flows.loop.graph.nodes.sm: Value error, a node has either `next` or `on`, not both",
+        ),
     ],
 )
 def test_invalid_definitions_name_the_file_and_field(tmp_path: Path, files: dict, expected: str) -> None:
@@ -49,8 +53,39 @@ def test_invalid_definitions_name_the_file_and_field(tmp_path: Path, files: dict
 
 
 def test_a_flow_of_unknown_agents_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(CatalogError, match="'review' names unknown agents \\['critic'\\]"):
+    with pytest.raises(CatalogError, match=r"flows\.yaml: flow 'review', node 'critic': unknown agent 'critic'"):
         load_catalog(agent_dirs=[write(tmp_path / "defs", **{"flows.yaml": FLOWS})])
+
+
+GRAPH = "flows:\n  g:\n    start: sm\n    nodes:\n"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        ("      sm: {next: nowhere}\n", "flow 'g', node 'sm': unknown node 'nowhere'"),
+        ("      sm: {on: {approve: ~, revise: dve}}\n", "flow 'g', node 'sm': unknown node 'dve'"),
+        ("      sm: {agent: ghost}\n", "flow 'g', node 'sm': unknown agent 'ghost'"),
+        ("      sm: {next: ~}\n      dev: {next: sm}\n", "flow 'g', node 'dev': unreachable from 'sm'"),
+        ('      sm: {human: "Approve?"}\n', "flow 'g', node 'sm': a human node needs `on:`"),
+        ("      dev: {next: ~}\n", "flow 'g': start 'sm' is not one of its nodes"),
+    ],
+    ids=["next-unknown", "on-unknown", "agent-unknown", "unreachable", "human-without-on", "start-unknown"],
+)
+def test_a_graph_that_cannot_run_is_refused_naming_file_and_node(tmp_path: Path, nodes: str, expected: str) -> None:
+    with pytest.raises(CatalogError) as error:
+        load_catalog(agent_dirs=[write(tmp_path / "defs", **{"flows.yaml": GRAPH + nodes})])
+    assert f"flows.yaml: {expected}" in str(error.value)
+
+
+def test_a_graph_joins_the_catalog_with_its_agents_and_documents(tmp_path: Path) -> None:
+    nodes = '      sm: {next: po}\n      po: {human: "Approve?", on: {approve: dev, reject: ~}}\n      dev: {next: ~}\n'
+    catalog = load_catalog(agent_dirs=[write(tmp_path / "defs", **{"flows.yaml": GRAPH + nodes})])
+    flow = catalog.flows["g"]
+    assert flow.agents == ("sm", "dev") and flow.requires_docs == ("prd", "architecture")
+    assert flow.graph.as_json()["nodes"]["po"] == {
+        "agent": None, "on": {"approve": "dev", "reject": None}, "human": "Approve?", "max_visits": 5
+    }  # fmt: skip
 
 
 async def test_a_declared_flow_runs_and_writes_its_memory_key(redis_url: str, redis: Redis, tmp_path: Path) -> None:
