@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pocketflow import AsyncNode
 
-from agents.llm import LLMClient
+from agents.llm import LLMClient, Prompt
 from memory.manager import AgentMemory
 
 
@@ -37,7 +37,8 @@ class Agent(AsyncNode):  # type: ignore[misc]
         return AgentTask(input=shared["current"], system=self.system_prompt(docs, memory))
 
     async def exec_async(self, prep_res: AgentTask) -> str:
-        return await self.llm.complete(agent=self.name, system=prep_res.system, user=prep_res.input)
+        completion = await self.llm.complete(Prompt(self.name, prep_res.system, prep_res.input))
+        return completion.text
 
     async def post_async(self, shared: dict[str, Any], prep_res: AgentTask, exec_res: str) -> None:
         memory: AgentMemory = shared["memory"].for_agent(self.name)

@@ -91,3 +91,16 @@ def arq_job(job_id: str) -> str:
 
 def arq_in_progress(job_id: str) -> str:
     return ARQ_IN_PROGRESS_PREFIX + job_id
+
+
+# The fleet's LLM rate limits, per model (agents/llm/ratelimit.lua).
+def llm_calls(model: str) -> str:
+    return f"{PREFIX}:llm:{model}:calls"
+
+
+def llm_tokens(model: str) -> str:
+    return f"{PREFIX}:llm:{model}:tokens"
+
+
+def llm_pause(model: str) -> str:
+    return f"{PREFIX}:llm:{model}:pause"

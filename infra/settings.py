@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -16,6 +16,13 @@ DEFAULT_TENANT = "default"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    input: Annotated[float, Field(ge=0)]
+    output: Annotated[float, Field(ge=0)]
 
 
 class Settings(BaseSettings):
@@ -36,6 +43,15 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_timeout: PositiveFloat = 60.0
     echo_delay: Annotated[float, Field(ge=0)] = 0.0
+    # LLM calls (see README "LLM calls"): fleet-wide rate limits per window (0: off), streaming, prices, budget.
+    llm_rpm: Annotated[int, Field(ge=0)] = 0
+    llm_tpm: Annotated[int, Field(ge=0)] = 0
+    llm_rate_window: PositiveFloat = 60.0  # seconds; RPM and TPM count per this window
+    token_flush_ms: Annotated[int, Field(ge=0)] = 50
+    llm_prices: Annotated[dict[str, ModelPrice], Field(default_factory=dict)]
+    max_run_tokens: Annotated[int, Field(ge=0)] = 0
+    # Human steps: how long a run may await input before it fails with input_timeout.
+    input_timeout: PositiveFloat = 604_800.0
     worker_concurrency: PositiveInt = 20
 
     # Delivery (see README "Guarantees").

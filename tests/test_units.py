@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 from agents.base import Agent, AgentTask
-from agents.llm import TransientLLMError
+from agents.llm import Completion, OnText, Prompt, TransientLLMError
 from agents.llm.echo import EchoLLM
 from infra import keys
 from infra.settings import Settings
@@ -42,16 +42,17 @@ def test_memory_writes_encode_to_their_scopes() -> None:
 
 class Flaky:
     provider = "flaky"
+    model = "flaky"
 
     def __init__(self, failures: list[Exception]) -> None:
         self.failures = failures
         self.calls = 0
 
-    async def complete(self, *, agent: str, system: str, user: str) -> str:
+    async def complete(self, prompt: Prompt, on_text: OnText | None = None) -> Completion:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
-        return "ok"
+        return Completion("ok", 1, 1, self.model)
 
     async def aclose(self) -> None:
         return None
@@ -70,8 +71,33 @@ async def test_an_agent_does_not_retry_what_its_llm_client_gave_up_on() -> None:
     assert exhausted.calls == 1
 
 
-async def test_echo_names_the_agent_and_its_input() -> None:
-    assert await EchoLLM().complete(agent="qa", system="ignored", user="the plan") == "[qa] the plan"
+async def test_echo_names_the_agent_and_its_input_and_counts_words() -> None:
+    completion = await EchoLLM().complete(Prompt("qa", "two words", "the plan"))
+    assert completion == Completion("[qa] the plan", prompt_tokens=4, completion_tokens=3, model="echo")
+
+
+async def test_echo_streams_word_by_word_and_the_pieces_join_to_the_answer() -> None:
+    pieces: list[str] = []
+
+    async def on_text(text: str, restart: bool) -> None:
+        pieces.append(text)
+
+    completion = await EchoLLM(delay=0.01).complete(Prompt("qa", "s", "a  multi\nline plan "), on_text)
+    assert pieces == ["[qa] ", "a  ", "multi\n", "line ", "plan "]
+    assert "".join(pieces) == completion.text
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("the plan", "[qa] the plan\nACTION: approve"),  # no action line: the node's first action
+        ("the plan\nACTION: revise", "[qa] the plan\nACTION: revise"),  # a valid one is kept
+        ("the plan\nACTION: bogus", "[qa] the plan\nACTION: bogus\nACTION: approve"),
+    ],
+)
+async def test_echo_ends_with_an_action_at_a_node_that_chooses(user: str, expected: str) -> None:
+    completion = await EchoLLM().complete(Prompt("qa", "s", user, actions=("approve", "revise")))
+    assert completion.text == expected
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.llm import LLMClient
+from agents.llm import Completion, LLMClient, OnText, Prompt
 from infra.metrics import LocalMetrics
 
 
@@ -12,12 +12,12 @@ class MeteredLLM:
     def __init__(self, inner: LLMClient, metrics: LocalMetrics) -> None:
         self.inner = inner
         self.metrics = metrics
-        self.provider = inner.provider
+        self.provider, self.model = inner.provider, inner.model
 
-    async def complete(self, *, agent: str, system: str, user: str) -> str:
+    async def complete(self, prompt: Prompt, on_text: OnText | None = None) -> Completion:
         self.metrics.inc("storyflow_llm_calls_total", provider=self.provider)
         try:
-            return await self.inner.complete(agent=agent, system=system, user=user)
+            return await self.inner.complete(prompt, on_text)
         except Exception:
             self.metrics.inc("storyflow_llm_errors_total", provider=self.provider)
             raise

@@ -1,49 +1,41 @@
-"""The `openai` provider: any OpenAI-compatible chat-completions server, over one pooled client.
+"""The `openai` provider: any OpenAI-compatible chat-completions server, through the official SDK.
 
-One `OpenAILLM` is made per worker process at start-up (`agents.llm.create_llm`) and closed at
-shutdown; every run of the process shares its `httpx.AsyncClient` and so its connection pool.
+One `AsyncOpenAI` client per worker process, made at start-up and closed at shutdown, so every
+run shares its connection pool. Each call streams (`stream_options.include_usage` brings the token
+counts in the last chunk) and has a deadline of STORYFLOW_LLM_TIMEOUT as a whole.
 
-Each HTTP request has a deadline of STORYFLOW_LLM_TIMEOUT seconds as a whole (connect, send, wait,
-read). Timeouts, connection errors and 408/409/429/5xx answers are retried up to
-STORYFLOW_LLM_RETRIES times, waiting what the server's `Retry-After` says (seconds or an HTTP
-date, at most MAX_RETRY_AFTER_S) or else an exponential backoff with jitter; when they run out
-`TransientLLMError` is raised. Any other 4xx, or a 2xx that is not a chat completion, raises
-`LLMRequestError` at once.
+The SDK's own retries are off (`max_retries=0`): storyflow retries in one place
+(agents/llm/resilient.py), where every request passes the fleet-wide rate limiter and a 429's
+`Retry-After` pauses the whole fleet. Errors are mapped here: timeouts, connection errors and
+408/409/429/5xx are transient; other 4xx and answers that are not a chat completion are not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import openai
+from openai import AsyncOpenAI
 
-from agents.llm import TransientLLMError
+from agents.llm import Completion, LLMRequestError, OnText, Prompt, TransientLLMError
 from infra.settings import Settings
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 30.0
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
 ERROR_BODY_CHARS = 200
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "calls", "requests", "errors")
-
-
-class LLMRequestError(Exception):
-    """The server refused the request for good (4xx other than 408/409/429)."""
 
 
 class LLMResponseError(LLMRequestError):
     """The server answered with success, but not with a chat completion."""
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
+def retry_after_seconds(headers: Any) -> float | None:
     """The wait a `Retry-After` header asks for (delta-seconds or HTTP date), capped; None if absent or invalid."""
-    value = response.headers.get("retry-after", "").strip()
+    value = str(headers.get("retry-after", "") if headers is not None else "").strip()
     if not value:
         return None
     try:
@@ -51,9 +43,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     except ValueError:
         pass
     else:
-        if not math.isfinite(seconds) or seconds < 0:
-            return None
-        return min(seconds, MAX_RETRY_AFTER_S)
+        return min(seconds, MAX_RETRY_AFTER_S) if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -63,116 +53,63 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, min((when - datetime.now(UTC)).total_seconds(), MAX_RETRY_AFTER_S))
 
 
-def retry_delay(attempt: int, retry_after: float | None) -> float:
-    """Seconds to wait before retry number `attempt + 1`: the server's word, else backoff with jitter."""
-    if retry_after is not None:
-        return retry_after
-    return min(BACKOFF_BASE_S * 2.0**attempt, BACKOFF_MAX_S) * random.uniform(0.5, 1.5)
-
-
-def _new_usage() -> dict[str, int]:
-    return dict.fromkeys(USAGE_KEYS, 0)
-
-
 class OpenAILLM:
-    """Chat completions over one pooled `httpx.AsyncClient`.
-
-    `usage` holds process totals and `usage_by_agent[agent]` the same per agent name:
-    `prompt_tokens` and `completion_tokens` as the server reported them, `calls` (calls of
-    `complete`, however many HTTP requests each took), `requests` (HTTP requests sent, retries
-    included) and `errors` (requests that failed: timeouts, connection errors, error answers).
-    """
-
     provider = "openai"
 
-    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         if not (settings.llm_base_url and settings.llm_model):
             raise ValueError("the openai provider needs STORYFLOW_LLM_BASE_URL and STORYFLOW_LLM_MODEL")
-        headers = {"Accept": "application/json", "User-Agent": "storyflow"}
-        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
         self.model = settings.llm_model
-        self.retries = settings.llm_retries
         self.timeout = settings.llm_timeout
-        self.usage: dict[str, int] = _new_usage()
-        self.usage_by_agent: dict[str, dict[str, int]] = {}
-        pool = max(settings.worker_concurrency, 10)
-        self._client = httpx.AsyncClient(
-            base_url=settings.llm_base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.llm_timeout),
-            limits=httpx.Limits(max_connections=2 * pool, max_keepalive_connections=pool),
-            transport=transport,
+        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused"
+        self._client = AsyncOpenAI(
+            base_url=settings.llm_base_url, api_key=api_key, timeout=settings.llm_timeout, max_retries=0
         )
 
-    async def complete(self, *, agent: str, system: str, user: str) -> str:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        body = {"model": self.model, "messages": messages}
-        counters = (self.usage, self.usage_by_agent.setdefault(agent, _new_usage()))
-        for counter in counters:
-            counter["calls"] += 1
-        for attempt in range(self.retries + 1):
-            try:
-                return await self._call(body, counters)
-            except _RetryableAnswer as retry:
-                if attempt == self.retries:
-                    raise TransientLLMError(f"{retry} (after {attempt + 1} attempts)") from retry.__cause__
-                await asyncio.sleep(retry_delay(attempt, retry.wait))
-        raise AssertionError("unreachable")
+    async def complete(self, prompt: Prompt, on_text: OnText | None = None) -> Completion:
+        try:
+            async with asyncio.timeout(self.timeout):  # the SDK's timeout bounds each phase; this, the call
+                return await self._stream(prompt, on_text)
+        except TimeoutError as exc:
+            raise TransientLLMError(f"no answer within STORYFLOW_LLM_TIMEOUT={self.timeout}s") from exc
+        except openai.APIStatusError as exc:
+            raise _status_error(exc) from exc
+        except openai.APIConnectionError as exc:  # timeouts of a phase included
+            raise TransientLLMError(f"LLM call failed: {exc!r}") from exc
 
-    async def _call(self, body: dict[str, Any], counters: tuple[dict[str, int], ...]) -> str:
-        for counter in counters:
-            counter["requests"] += 1
-        try:
-            # httpx's timeout bounds each phase; this bounds the request as a whole.
-            async with asyncio.timeout(self.timeout):
-                response = await self._client.post("chat/completions", json=body)
-        except (TimeoutError, httpx.TransportError) as exc:
-            _count_error(counters)
-            reason = f"no answer within STORYFLOW_LLM_TIMEOUT={self.timeout}s" if _is_timeout(exc) else repr(exc)
-            raise _RetryableAnswer(f"LLM call failed: {reason}", None) from exc
-        if response.status_code in RETRYABLE_STATUS:
-            _count_error(counters)
-            raise _RetryableAnswer(f"LLM server answered {response.status_code}", retry_after_seconds(response))
-        if response.status_code >= 400:
-            _count_error(counters)
-            raise LLMRequestError(f"LLM server answered {response.status_code}: {response.text[:ERROR_BODY_CHARS]}")
-        try:
-            payload = response.json()
-            content = payload["choices"][0]["message"]["content"]
-        except (ValueError, LookupError, TypeError) as exc:
-            _count_error(counters)
-            raise LLMResponseError(
-                f"LLM server answered {response.status_code} without a chat completion: "
-                f"{response.text[:ERROR_BODY_CHARS]!r}"
-            ) from exc
-        if not isinstance(content, str):
-            _count_error(counters)
-            raise LLMResponseError(f"LLM server answered without message content: {response.text[:ERROR_BODY_CHARS]!r}")
-        usage = payload.get("usage") if isinstance(payload, dict) else None
-        if isinstance(usage, dict):
-            for key in ("prompt_tokens", "completion_tokens"):
-                tokens = usage.get(key)
-                if isinstance(tokens, int) and tokens > 0:
-                    for counter in counters:
-                        counter[key] += tokens
-        return content
+    async def _stream(self, prompt: Prompt, on_text: OnText | None) -> Completion:
+        messages: Any = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
+        stream = await self._client.chat.completions.create(
+            model=self.model, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+        parts: list[str] = []
+        usage = None
+        async with stream:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                if not chunk.choices:
+                    continue
+                text = chunk.choices[0].delta.content if chunk.choices[0].delta else None
+                if text:
+                    parts.append(text)
+                    if on_text is not None:
+                        await on_text(text, False)
+        if usage is None and not parts:
+            raise LLMResponseError("LLM server answered without a chat completion")
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        return Completion("".join(parts), prompt_tokens, completion_tokens, self.model)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
 
-def _count_error(counters: tuple[dict[str, int], ...]) -> None:
-    for counter in counters:
-        counter["errors"] += 1
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, TimeoutError | httpx.TimeoutException)
-
-
-class _RetryableAnswer(Exception):
-    def __init__(self, message: str, wait: float | None) -> None:
-        super().__init__(message)
-        self.wait = wait
+def _status_error(exc: openai.APIStatusError) -> Exception:
+    status = exc.status_code
+    if status in RETRYABLE_STATUS or status >= 500:
+        return TransientLLMError(
+            f"LLM server answered {status}",
+            retry_after=retry_after_seconds(exc.response.headers),
+            rate_limited=status == 429,
+        )
+    return LLMRequestError(f"LLM server answered {status}: {str(exc.body or exc.message)[:ERROR_BODY_CHARS]}")

@@ -3,7 +3,10 @@
 It runs uvicorn in a background thread on a free 127.0.0.1 port. Tests plan its answers
 (`fake.plan(Reply.status(429, retry_after="0"), Reply.ok())`, or `fake.always(Reply.status(500))`
 for every answer) and read what it received (`fake.requests`). Without a plan it answers a
-chat completion whose content is "[<model>] <last user message>", with token usage.
+chat completion whose content is "[<model>] <last user message>", with token usage (a token per
+word). A request with `"stream": true` is answered as the API documents it: Server-Sent Events of
+`chat.completion.chunk` objects, the content word by word, then (with `stream_options.include_usage`)
+a chunk with no choices and the usage, then `data: [DONE]`.
 
 Use it through the `fake_openai` fixture; a test module imports both fixtures:
 `from tests.support.fake_openai import fake_openai_fixture, fake_openai_server`.
@@ -14,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +30,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 MAX_HANG_S = 30.0
@@ -45,6 +49,7 @@ class Reply:
     body: Any = None  # None: a chat completion for 2xx, an OpenAI-style error object otherwise
     raw: bytes | None = None  # sent as is instead of `body` (malformed answers)
     delay: float = 0.0
+    chunk_delay: float = 0.0  # between streamed pieces
 
     @classmethod
     def ok(cls, content: str | None = None, **kwargs: Any) -> Reply:
@@ -173,7 +178,14 @@ class FakeOpenAI:
         if reply.code >= 400:
             error = reply.body or {"error": {"message": f"planned {reply.code}", "type": "fake", "code": reply.code}}
             return JSONResponse(error, status_code=reply.code, headers=reply.headers)
-        return JSONResponse(self._completion(body, reply), status_code=reply.code, headers=reply.headers)
+        completion = self._completion(body, reply)
+        if isinstance(body, dict) and body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = _stream_chunks(completion, include_usage, reply.chunk_delay)
+            return StreamingResponse(
+                chunks, status_code=reply.code, headers=reply.headers, media_type="text/event-stream"
+            )
+        return JSONResponse(completion, status_code=reply.code, headers=reply.headers)
 
     def _completion(self, body: Any, reply: Reply) -> dict[str, Any]:
         model = body.get("model", "?") if isinstance(body, dict) else "?"
@@ -196,6 +208,26 @@ class FakeOpenAI:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }  # fmt: skip
+
+
+async def _stream_chunks(completion: dict[str, Any], include_usage: bool, delay: float) -> AsyncIterator[bytes]:
+    """The completion as the documented stream: a role chunk, content word by word, the finish, usage, [DONE]."""
+    content = completion["choices"][0]["message"]["content"]
+    base = {key: completion[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    for word in re.findall(r"\S*\s*", content)[:-1]:
+        if delay:
+            await asyncio.sleep(delay)
+        yield chunk({"content": word})
+    yield chunk({}, "stop")
+    if include_usage:
+        yield b"data: " + json.dumps({**base, "choices": [], "usage": completion["usage"]}).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 @pytest.fixture(scope="session")
