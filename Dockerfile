@@ -32,6 +32,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # The project itself (its dependencies are already there).
 COPY README.md ./
 COPY api ./api
+COPY runs ./runs
 COPY worker ./worker
 COPY agents ./agents
 COPY memory ./memory

@@ -55,11 +55,12 @@ class Catalog:
             docs.update(dict.fromkeys(self.agents[agent].requires_docs))
         return tuple(docs)
 
-    def build(self, flow: str, llm: LLMClient) -> AsyncFlow:
+    def build(self, flow: str, llm: LLMClient, start: str | None = None) -> AsyncFlow:
+        """The flow's graph as a PocketFlow AsyncFlow, from its start node or from `start` (a resumed run)."""
         from agents.flow import build_flow
 
-        classes = [self.agents[name] for name in self.flows[flow].agents]
-        return build_flow(classes, llm)
+        graph = self.flows[flow].graph
+        return build_flow(graph, self.agents, llm, start or graph.start)
 
 
 def _agents_in(module: ModuleType) -> dict[str, type[Agent]]:

@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from agents.registry import Catalog
 from infra.settings import DEFAULT_TENANT, Settings
-from worker.runstore import RunStore
+from runs.store import RunStore
 
 
 async def get_settings(request: Request) -> Settings:

@@ -10,12 +10,12 @@ from fastapi import FastAPI
 
 from agents.registry import load_catalog
 from api.errors import install_error_handlers
-from api.routes import docs, events, flows, health, memory, metrics, runs, workers
+from api.routes import docs, events, flows, health, memory, metrics, runs, steps, workers
 from api.routes.swagger import mount_swagger
 from api.waiting import FinishedRuns
 from infra.redis import create_redis
 from infra.settings import Settings
-from worker.runstore import RunStore
+from runs.store import RunStore
 
 logger = logging.getLogger("storyflow.api")
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_body_bytes,  # 413 whether the body has a Content-Length or comes chunked
     )  # fmt: skip
     install_error_handlers(app)
-    for module in (runs, events, docs, memory, flows, health, workers, metrics):
+    for module in (runs, steps, events, docs, memory, flows, health, workers, metrics):
         app.include_router(module.router)
     mount_swagger(app)
     return app

@@ -20,7 +20,7 @@ def _encodable(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_encodable)]
 StoryId = Annotated[str, Field(pattern=ID_PATTERN, examples=["story-1"])]
-RunStatusName = Literal["queued", "in_progress", "complete", "failed", "cancelled"]
+RunStatusName = Literal["queued", "in_progress", "awaiting_input", "complete", "failed", "cancelled"]
 
 
 class RunRequest(BaseModel):
@@ -29,6 +29,19 @@ class RunRequest(BaseModel):
     flow: str = Field("default", max_length=128, examples=["default"])
     input: Text = Field(min_length=1, examples=["Users want to export their reports as PDF."])
     story_id: StoryId
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_node: str | None = Field(None, alias="from", max_length=64, description="resume at this node's latest visit")
+
+
+class InputRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(max_length=64, examples=["approve"])
+    text: Text | None = Field(None, description="the human step's output; by default, the previous step's")
 
 
 class RunAccepted(BaseModel):
@@ -48,6 +61,53 @@ class RunError(BaseModel):
     message: str
 
 
+class StepUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Step(BaseModel):
+    node: str
+    agent: str | None = Field(description="the agent the node runs; null at a human step")
+    visit: int = Field(description="1 for a node's first visit, 2 for its second (a loop), ...")
+    attempt: int
+    status: Literal["running", "complete", "failed"]
+    action: str | None = Field(description="the action the agent (or the person) chose")
+    output: str | None
+    started_at: str
+    finished_at: str | None
+    usage: StepUsage | None
+
+
+class AgentUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    calls: int
+
+
+class RunUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    calls: int
+    cost_usd: float | None = Field(description="set when STORYFLOW_LLM_PRICES has the model's prices")
+    by_agent: dict[str, AgentUsage]
+
+
+class Awaiting(BaseModel):
+    node: str
+    prompt: str
+    actions: list[str]
+    since: str
+
+
+class WebhookState(BaseModel):
+    url: str
+    delivered: bool
+    attempts: int
+    last_status: int | None
+
+
 class RunRecord(BaseModel):
     job_id: str
     status: RunStatusName
@@ -61,12 +121,31 @@ class RunRecord(BaseModel):
     result: str | None
     outputs: dict[str, str]
     error: RunError | None
+    steps: list[Step] = Field(description="every node visit, in order (a node visited twice appears twice)")
+    usage: RunUsage
+    awaiting: Awaiting | None = Field(description="what a person is asked, while the run awaits input")
+    batch_id: str | None
+    webhook: WebhookState | None
+
+
+class GraphNode(BaseModel):
+    agent: str | None
+    next: str | None = None
+    on: dict[str, str | None] | None = None
+    human: str | None = None
+    max_visits: int
+
+
+class Graph(BaseModel):
+    start: str
+    nodes: dict[str, GraphNode]
 
 
 class FlowInfo(BaseModel):
     name: str
     agents: list[str]
     requires_docs: list[str]
+    graph: Graph
 
 
 class DocumentIn(BaseModel):

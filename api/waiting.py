@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from infra import keys
 from infra.redis import BLOCK_CHUNK_S
+from runs.model import STOPPED
 
 logger = logging.getLogger("storyflow.api")
 STOP_CHECK_S = 0.5
@@ -39,16 +40,18 @@ async def read_events(
         if not reply and not await redis.exists(keys.run(tenant, job_id)):
             return  # the run expired or never existed
         for _, entries in reply:
-            for entry_id, fields in entries:
+            for position, (entry_id, fields) in enumerate(entries, 1):
                 after = entry_id.decode()
                 name = fields[b"event"].decode()
                 yield after, name, fields[b"data"].decode()
-                if name in TERMINAL_EVENTS:
+                # An end is the end unless the run was retried after it (more events follow).
+                if name in TERMINAL_EVENTS and position == len(entries):
                     return
 
 
 class FinishedRuns:
-    """Wakes requests waiting for runs (`POST /run?wait=`): one pub/sub subscription per API process.
+    """Wakes requests waiting for runs (`POST /run?wait=`) when they end or await input: one pub/sub
+    subscription per API process.
 
     The scripts that finish a run publish `tenant:job_id` on FINISHED_CHANNEL. A waiter registers,
     then checks the record once (the run may have finished before), then sleeps until woken or
@@ -87,7 +90,7 @@ class FinishedRuns:
 
     async def _finished(self, tenant: str, job_id: str) -> bool:
         status = await self.redis.hget(keys.run(tenant, job_id), "status")  # type: ignore[misc]
-        return status is not None and orjson.loads(status) in TERMINAL_EVENTS
+        return status is not None and orjson.loads(status) in STOPPED
 
     def _wake(self, name: str) -> None:
         for woken in self._waiters.get(name, ()):

@@ -7,20 +7,25 @@ another's, whatever it is called.
 
 from __future__ import annotations
 
+from arq import constants as arq_constants
+
 PREFIX = "sf"
 
-# arq's own keys (its queue, job payloads, in-progress markers, abort set) keep arq's defaults,
-# under its own prefix; see arq.constants.
-ARQ_QUEUE = "arq:queue"
-ARQ_JOB_PREFIX = "arq:job:"
-ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
-ARQ_ABORT_SET = "arq:abort"
+# arq's own keys (its queue, job payloads, in-progress markers, abort set): arq's names, from arq.
+ARQ_QUEUE = arq_constants.default_queue_name
+ARQ_JOB_PREFIX = arq_constants.job_key_prefix
+ARQ_IN_PROGRESS_PREFIX = arq_constants.in_progress_key_prefix
+ARQ_ABORT_SET = arq_constants.abort_jobs_ss
 
 WAKE_LIST = f"{PREFIX}:wake"  # workers BLPOP it to pick up new runs at once
 WORKERS_SEEN = f"{PREFIX}:workers:seen"  # zset worker id -> last heartbeat (ms)
 WORKERS_INFO = f"{PREFIX}:workers:info"  # hash worker id -> JSON description
 FINISHED_CHANNEL = f"{PREFIX}:finished"  # pub/sub: `tenant:job_id` of each run that finished
 METRICS = f"{PREFIX}:metrics"  # hash `name|labels` -> value; see infra/metrics.py
+# zset `tenant:story_id:job_id` -> when the finished run's record expires (its index entries go then)
+EXPIRING = f"{PREFIX}:expiring"
+# zset `tenant:story_id:job_id` -> when the run awaiting input times out
+AWAITING = f"{PREFIX}:awaiting"
 
 
 def tenant_prefix(tenant: str) -> str:
@@ -48,7 +53,7 @@ def story_runs_index(tenant: str, story_id: str) -> str:
 
 
 def active_runs(tenant: str) -> str:
-    """Runs queued or running (a set); its name is derived the same way in worker/scripts.py."""
+    """Runs not finished (queued, running or awaiting input): a set."""
     return f"{tenant_prefix(tenant)}:active"
 
 

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     llm_tpm: Annotated[int, Field(ge=0)] = 0
     llm_rate_window: PositiveFloat = 60.0  # seconds; RPM and TPM count per this window
     token_flush_ms: Annotated[int, Field(ge=0)] = 50
-    llm_prices: Annotated[dict[str, ModelPrice], Field(default_factory=dict)]
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=dict)
     max_run_tokens: Annotated[int, Field(ge=0)] = 0
     # Human steps: how long a run may await input before it fails with input_timeout.
     input_timeout: PositiveFloat = 604_800.0

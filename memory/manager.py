@@ -50,6 +50,17 @@ class MemoryManager:
         own = self._agents.setdefault(agent, Scope({}))
         return AgentMemory(self._story, own)
 
+    def pending(self) -> dict[str, Any]:
+        """This run's writes, as a checkpoint keeps them: {"story": {...}, "agents": {name: {...}}}."""
+        story, agents = self.pending_writes()
+        return {"story": story, "agents": agents}
+
+    def restore(self, pending: dict[str, Any]) -> None:
+        """Apply the writes of this run's earlier attempts (from its checkpoint): read-your-writes on resume."""
+        self._story.writes.update(pending.get("story", {}))
+        for agent, writes in pending.get("agents", {}).items():
+            self._agents.setdefault(agent, Scope({})).writes.update(writes)
+
     def pending_writes(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """(story scope writes, {agent: writes}) of this run, not yet committed."""
         agent_writes = {name: dict(scope.writes) for name, scope in self._agents.items() if scope.writes}

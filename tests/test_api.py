@@ -28,6 +28,10 @@ async def test_new_run_record_is_queued(client: httpx.AsyncClient) -> None:
         "job_id": job_id, "status": "queued", "flow": "default", "story_id": "story-1", "attempts": 0,
         "enqueued_at": record["enqueued_at"], "started_at": None, "finished_at": None,
         "progress": {"done": [], "current": None, "total": 2}, "result": None, "outputs": {}, "error": None,
+        "steps": [], "awaiting": None, "batch_id": None, "webhook": None,
+        "usage": {
+            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "calls": 0, "cost_usd": None, "by_agent": {},
+        },
     }  # fmt: skip
     assert record["enqueued_at"].endswith("Z")
 
@@ -102,8 +106,23 @@ async def test_unknown_or_malformed_job_ids_are_404(client: httpx.AsyncClient) -
 
 async def test_flows_lists_agents_and_required_documents(client: httpx.AsyncClient) -> None:
     flows = {flow["name"]: flow for flow in (await client.get("/flows")).json()}
-    assert flows["default"] == {"name": "default", "agents": ["analyst", "summarizer"], "requires_docs": []}
-    assert flows["story"] == {"name": "story", "agents": ["sm", "dev", "qa"], "requires_docs": ["prd", "architecture"]}
+    line = {"agent": "analyst", "next": "summarizer", "on": None, "human": None, "max_visits": 5}
+    assert flows["default"] == {
+        "name": "default", "agents": ["analyst", "summarizer"], "requires_docs": [],
+        "graph": {
+            "start": "analyst", "nodes": {"analyst": line, "summarizer": {**line, "agent": "summarizer", "next": None}},
+        },
+    }  # fmt: skip
+    story = flows["story"]
+    assert story["agents"] == ["sm", "dev", "qa"] and story["requires_docs"] == ["prd", "architecture"]
+    assert story["graph"]["nodes"]["qa"] == {
+        "agent": "qa", "next": None, "on": {"approve": None, "revise": "dev"}, "human": None, "max_visits": 3,
+    }  # fmt: skip
+    approval = flows["story_approval"]["graph"]["nodes"]["po"]
+    assert approval == {
+        "agent": None, "next": None, "on": {"approve": "dev", "reject": None}, "human": "Approve the story draft?",
+        "max_visits": 5,
+    }  # fmt: skip
 
 
 async def test_documents_crud(client: httpx.AsyncClient) -> None:
@@ -149,9 +168,18 @@ async def test_readyz_without_a_worker_is_503_with_reason(client: httpx.AsyncCli
 async def test_idempotency_key_returns_the_first_run(client: httpx.AsyncClient, redis: Redis) -> None:
     headers = {"Idempotency-Key": "order-42"}
     first = await client.post("/run", json=RUN, headers=headers)
-    second = await client.post("/run", json={**RUN, "input": "different"}, headers=headers)
+    second = await client.post("/run", json=RUN, headers=headers)
     assert first.status_code == second.status_code == 202
     assert first.json()["job_id"] == second.json()["job_id"]
+    assert await redis.zcard(keys.ARQ_QUEUE) == 1
+    # The same key with another body is a client's mistake, not a replay: 422, and nothing is queued.
+    for changed in ({**RUN, "input": "different"}, {**RUN, "story_id": "story-2"}, {**RUN, "flow": "story"}):
+        refused = await client.post("/run", json=changed, headers=headers)
+        if changed.get("flow") == "story":
+            assert refused.json()["status"] == "pending_docs"  # documents are checked first
+            continue
+        assert refused.status_code == 422, refused.text
+        assert "Idempotency-Key" in refused.json()["detail"][0]["msg"]
     assert await redis.zcard(keys.ARQ_QUEUE) == 1
     other = await client.post("/run", json=RUN, headers={"Idempotency-Key": "order-43"})
     assert other.json()["job_id"] != first.json()["job_id"]

@@ -1,74 +1,37 @@
-"""Runs one attempt of a run: lease, flow, progress, then one fenced commit or failure."""
+"""Runs one attempt of a run: take the lease, resume from the checkpoint, run the flow, end it once.
+
+An attempt ends in one of four ways: the run completes (one fenced commit with its memory writes),
+fails (its error), pauses at a human step (the worker lets go of it), or is interrupted (lease
+lost, cancelled, shutdown, Redis away), and then the next attempt resumes from the last checkpoint.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from arq.worker import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agents.context import SHARED_KEY, AwaitInput, RunInterrupted, StepFailed
 from agents.llm import LLMClient
-from agents.registry import Catalog
+from agents.registry import Catalog, FlowSpec
 from infra.metrics import LocalMetrics
 from infra.settings import Settings
-from memory.store import StoryContext, encode_memory_writes, queue_story_context_reads, story_context_from
+from infra.timeutil import now_iso
+from memory.store import StoryContext, queue_story_context_reads, story_context_from
+from runs.model import Attempt
+from runs.store import Begun, RunStore
 from worker.instrumentation import MeteredLLM
-from worker.runstore import Attempt, Event, RunStore
+from worker.run_context import WorkerRunContext
 
 logger = logging.getLogger("storyflow.worker")
-PREVIEW_CHARS = 200
-
-
-class LeaseLost(Exception):
-    """Another worker owns the run now (or it was cancelled): this attempt must not write."""
-
-
-@dataclass
-class ProgressTracker:
-    """Reports node starts and ends to the run record and its event stream."""
-
-    store: RunStore
-    attempt: Attempt
-    total: int
-    metrics: LocalMetrics
-    done: list[str] = field(default_factory=list)
-    current: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    node_started_at: float = 0.0
-    # node_finished is sent with the next node_started, or with the commit: one round trip per step.
-    unsent: list[Event] = field(default_factory=list)
-    # The begin script already announced the first node's start.
-    announced: str | None = None
-
-    def progress(self) -> dict[str, Any]:
-        return {"done": list(self.done), "current": self.current, "total": self.total}
-
-    async def node_started(self, node: str) -> None:
-        self.current = node
-        self.node_started_at = time.monotonic()
-        if node == self.announced and not self.done:
-            self.announced = None
-            return
-        events = [*self.take_unsent(), ("node_started", {"node": node})]
-        if not await self.store.progress(self.attempt, self.progress(), self.outputs, events):
-            raise LeaseLost(self.attempt.job_id)
-
-    async def node_finished(self, node: str, output: str) -> None:
-        self.done.append(node)
-        self.current = None
-        seconds = time.monotonic() - self.node_started_at
-        self.metrics.observe("storyflow_node_duration_seconds", seconds, flow=self.attempt.flow, node=node)
-        self.unsent.append(("node_finished", {"node": node, "preview": output[:PREVIEW_CHARS]}))
-
-    def take_unsent(self) -> list[Event]:
-        events, self.unsent = self.unsent, []
-        return events
+HAND_BACK_BUDGET_S = 1.0
 
 
 class FlowExecutor:
@@ -82,6 +45,9 @@ class FlowExecutor:
         self.llm = MeteredLLM(llm, self.metrics)
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.runs_done = 0
+        # Runs whose arq job ended while the run did not (awaiting input, cancelled mid-run): after arq's
+        # cleanup of the job, `rearm` puts them back if they were queued again meanwhile.
+        self.to_rearm: dict[str, tuple[str, str, str]] = {}
 
     async def execute(self, tenant: str, job_id: str, story_id: str, flow: str) -> str:
         try:
@@ -91,48 +57,67 @@ class FlowExecutor:
         if isinstance(begun, str):
             logger.info("run not started: %s", begun, extra={"job_id": job_id, "tenant": tenant})
             return begun
-        if begun.number > 1:
-            self.metrics.inc("storyflow_run_retries_total", flow=begun.flow)
+        attempt = begun.attempt
+        if attempt.number > 1:
+            self.metrics.inc("storyflow_run_retries_total", flow=attempt.flow)
         started = time.monotonic()
-        log = {"job_id": job_id, "tenant": tenant, "story_id": begun.story_id, "flow": begun.flow}
-        logger.info("run started", extra={**log, "attempt": begun.number})
-        outcome = await self._supervise(begun, context)
+        log = {"job_id": job_id, "tenant": tenant, "story_id": attempt.story_id, "flow": attempt.flow}
+        logger.info("run started", extra={**log, "attempt": attempt.number})
+        try:
+            outcome = await self._supervise(begun, context)
+        except asyncio.CancelledError:
+            self.to_rearm[job_id] = (tenant, story_id, attempt.flow)
+            raise
+        if outcome == "awaiting_input":
+            self.to_rearm[job_id] = (tenant, story_id, attempt.flow)
         seconds = time.monotonic() - started
-        self.metrics.observe("storyflow_run_duration_seconds", seconds, flow=begun.flow, status=outcome)
-        logger.info("run %s", outcome, extra={**log, "attempt": begun.number, "duration_s": round(seconds, 4)})
+        self.metrics.observe("storyflow_run_duration_seconds", seconds, flow=attempt.flow, status=outcome)
+        logger.info("run %s", outcome, extra={**log, "attempt": attempt.number, "duration_s": round(seconds, 4)})
         return outcome
+
+    async def rearm_if_needed(self, job_id: str) -> None:
+        """Called once arq has finished the job (worker/main.py)."""
+        stopped = self.to_rearm.pop(job_id, None)
+        if stopped is not None:
+            tenant, story_id, flow = stopped
+            await self.store.rearm(tenant, job_id, story_id, flow)
 
     async def _begin(
         self, tenant: str, job_id: str, story_id: str, flow: str
-    ) -> tuple[Attempt | str, StoryContext | None]:
+    ) -> tuple[Begun | str, StoryContext | None]:
         """Take the lease and read the story's memory and documents, in one round trip."""
         spec = self.catalog.flows.get(flow)
         agents, doc_ids = (list(spec.agents), list(spec.requires_docs)) if spec else ([], [])
+        start = spec.graph.nodes[spec.graph.start] if spec else None
         token = uuid.uuid4().hex
         async with self.store.redis.pipeline(transaction=False) as pipe:
             await self.store.queue_begin(
-                pipe, tenant, job_id, story_id, token, lease_ms=self.lease_ms,
-                max_attempts=self.settings.max_attempts, first_node=agents[0] if agents else None,
+                pipe, tenant, job_id, story_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts,
+                first_node=start.name if start and start.agent else None, first_agent=start.agent if start else None,
             )  # fmt: skip
             queue_story_context_reads(pipe, tenant, story_id, agents, doc_ids)
             replies = await pipe.execute()
         begun = self.store.begun(replies[0], tenant, job_id, token)
         return begun, story_context_from(replies[1:], agents, doc_ids) if spec else None
 
-    async def _supervise(self, attempt: Attempt, context: StoryContext | None) -> str:
+    async def _supervise(self, begun: Begun, context: StoryContext | None) -> str:
+        attempt = begun.attempt
         lease_lost = asyncio.Event()
         run = asyncio.current_task()
         assert run is not None
         heartbeat = asyncio.create_task(self._keep_lease(attempt, run, lease_lost))
         try:
-            return await self._run_attempt(attempt, context)
+            return await self._run_attempt(begun, context)
         except asyncio.CancelledError:
             if lease_lost.is_set():
                 raise Retry(defer=0) from None
-            # Shutdown or abort: give the run back unless it was cancelled (then the lease is gone).
-            await asyncio.shield(self.store.requeue(attempt))
+            # Shutdown or abort: give the run back unless it was cancelled (then the lease is gone). With Redis
+            # away this gives up quickly; the lease then runs out and another worker takes the run over.
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, TimeoutError):
+                async with asyncio.timeout(HAND_BACK_BUDGET_S):
+                    await asyncio.shield(self.store.requeue(attempt))
             raise
-        except LeaseLost as exc:
+        except RunInterrupted as exc:
             logger.warning("attempt stopped: lease lost", extra={"job_id": attempt.job_id})
             raise Retry(defer=1) from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -159,7 +144,7 @@ class FlowExecutor:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
-                still_ours = await self.store.renew(attempt.job_id, attempt.token, self.lease_ms)
+                still_ours = await self.store.renew(attempt, self.lease_ms)
             except (RedisConnectionError, RedisTimeoutError):
                 continue
             if not still_ours:
@@ -167,42 +152,52 @@ class FlowExecutor:
                 run.cancel()
                 return
 
-    async def _run_attempt(self, attempt: Attempt, context: StoryContext | None) -> str:
-        spec = self.catalog.flows.get(attempt.flow)
+    async def _run_attempt(self, begun: Begun, context: StoryContext | None) -> str:
+        spec = self.catalog.flows.get(begun.attempt.flow)
         if spec is None or context is None:
-            await self.store.fail(attempt, "unknown_flow", f"this worker does not know flow {attempt.flow!r}")
-            return "failed"
+            return await self._fail_at_start(
+                begun, "unknown_flow", f"this worker does not know flow {begun.attempt.flow!r}"
+            )
         if context.missing_docs:
-            await self.store.fail(attempt, "missing_documents", f"documents missing: {context.missing_docs}")
-            return "failed"
-        tracker = ProgressTracker(
-            self.store, attempt, total=len(spec.agents), metrics=self.metrics, announced=spec.agents[0]
+            return await self._fail_at_start(begun, "missing_documents", f"documents missing: {context.missing_docs}")
+        run = WorkerRunContext(
+            self.settings, self.store, begun, spec.graph, context.docs, context.memory, self.metrics, self.llm.model
         )
-        shared: dict[str, Any] = {
-            "job_id": attempt.job_id, "story_id": attempt.story_id, "input": attempt.input,
-            "current": attempt.input, "docs": context.docs, "memory": context.memory,
-            "outputs": tracker.outputs, "tracker": tracker,
-        }  # fmt: skip
-        # Transient LLM failures are retried once, in the LLM client, which can honour Retry-After.
-        flow = self.catalog.build(spec.name, self.llm)
         try:
             async with asyncio.timeout(self.settings.job_timeout):
-                await flow.run_async(shared)
+                await self._run_flow(run, spec)
         except TimeoutError:
-            message = f"the run took longer than STORYFLOW_JOB_TIMEOUT={self.settings.job_timeout}s"
-            await self.store.fail(attempt, "timeout", message, tracker.take_unsent())
-            return "failed"
-        except (LeaseLost, RedisConnectionError, RedisTimeoutError):
+            message = f"the attempt took longer than STORYFLOW_JOB_TIMEOUT={self.settings.job_timeout}s"
+            return await self._ended(run.fail("timeout", message), begun.attempt, "failed")
+        except AwaitInput as waiting:
+            return await self._ended(run.park(waiting), begun.attempt, "awaiting_input")
+        except StepFailed as exc:
+            return await self._ended(run.fail(exc.error_type, str(exc)), begun.attempt, "failed")
+        except (RunInterrupted, RedisConnectionError, RedisTimeoutError):
             raise
         except Exception as exc:
-            logger.info("agent %s failed: %r", tracker.current, exc, extra={"job_id": attempt.job_id})
-            await self.store.fail(attempt, type(exc).__name__, str(exc) or repr(exc), tracker.take_unsent())
-            return "failed"
-        writes = encode_memory_writes(attempt.tenant, attempt.story_id, context.memory)
-        committed = await self.store.complete(
-            attempt, shared["current"], tracker.outputs, tracker.progress(), writes, tracker.take_unsent()
-        )
-        if not committed:
-            raise LeaseLost(attempt.job_id)
+            logger.info("step failed: %r", exc, extra={"job_id": begun.attempt.job_id})
+            return await self._ended(run.fail(type(exc).__name__, str(exc) or repr(exc)), begun.attempt, "failed")
+        outcome = await self._ended(run.commit(), begun.attempt, "complete")
         self.runs_done += 1
-        return "complete"
+        return outcome
+
+    async def _run_flow(self, run: WorkerRunContext, spec: FlowSpec) -> None:
+        run.check_documents()
+        if run.checkpoint.next is None:
+            return  # every step is done; only the commit was missing
+        flow = self.catalog.build(spec.name, self.llm, start=run.checkpoint.next)
+        await flow.run_async({SHARED_KEY: run})
+
+    async def _fail_at_start(self, begun: Begun, error_type: str, message: str) -> str:
+        error = {"type": error_type, "message": message}
+        fields = {"status": "failed", "finished_at": now_iso(), "error": error, "result": None, "outputs": {}}
+        return await self._ended(
+            self.store.finish(begun.attempt, ("failed", {"error": error}), fields, []), begun.attempt, "failed"
+        )
+
+    @staticmethod
+    async def _ended(write: Any, attempt: Attempt, outcome: str) -> str:
+        if not await write:
+            raise RunInterrupted(attempt.job_id)
+        return outcome

@@ -16,6 +16,7 @@ import orjson
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.llm import create_llm
@@ -24,11 +25,12 @@ from infra import keys
 from infra.redis import BLOCK_CHUNK_S, create_redis, dumps_job, loads_job
 from infra.settings import Settings
 from infra.timeutil import now_ms
+from runs.store import RUN_FUNCTION, RunStore
 from worker.executor import FlowExecutor
-from worker.runstore import RUN_FUNCTION, RunStore
 
 logger = logging.getLogger("storyflow.worker")
 HEARTBEAT_S = 2.0
+CLOSE_BUDGET_S = 2.0  # the last heartbeat, deregistering, closing connections
 VERSION = "0.1.0"
 
 
@@ -67,7 +69,7 @@ class StoryflowWorker(Worker):
     async def _startup(self, ctx: dict[str, Any]) -> None:
         store = RunStore(self.pool, result_ttl=self.settings.result_ttl, max_queued=self.settings.max_queued_runs)
         catalog = load_catalog(self.settings.extra_agent_modules, self.settings.extra_agent_dirs)
-        ctx["executor"] = FlowExecutor(self.settings, store, catalog, create_llm(self.settings))
+        ctx["executor"] = FlowExecutor(self.settings, store, catalog, create_llm(self.settings, self.pool))
         self._beat_task = asyncio.create_task(self._beat_forever())
         logger.info("worker %s ready: flows %s, concurrency %d", self.worker_id, sorted(catalog.flows), self.max_jobs)
 
@@ -86,9 +88,16 @@ class StoryflowWorker(Worker):
         while True:
             try:
                 await self._beat()
+                await self._tidy()
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 logger.warning("heartbeat failed: Redis unavailable")
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def _tidy(self) -> None:
+        """Chores any worker may do: expired runs out of the indexes, runs awaiting input past their deadline."""
+        store: RunStore = self.ctx["executor"].store
+        await store.forget_expired()
+        await store.expire_inputs()
 
     async def _beat(self) -> None:
         executor: FlowExecutor = self.ctx["executor"]
@@ -110,6 +119,11 @@ class StoryflowWorker(Worker):
         # arq would re-check each of its own running jobs with WATCH/EXISTS/ZSCORE on every poll.
         await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
 
+    async def finish_job(self, job_id: str, *args: Any) -> None:
+        # arq deletes the job and its queue entry here; a run queued again meanwhile must get them back.
+        await super().finish_job(job_id, *args)
+        await self.ctx["executor"].rearm_if_needed(job_id)
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
@@ -125,8 +139,21 @@ class StoryflowWorker(Worker):
         await self._retry_redis(self._startup_once)
         while not self._stop.is_set():
             if await self._retry_redis(self._iterate):
-                return
+                break
         await self._finish_in_flight()
+
+    async def close(self) -> None:
+        """arq's close with each Redis step bounded: a stop takes the grace plus CLOSE_BUDGET_S at most."""
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_BUDGET_S):
+                await self.pool.delete(self.health_check_key)
+                if self.on_shutdown:
+                    await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
 
     async def _finish_in_flight(self) -> None:
         """Wait up to the grace period; runs still going are then handed back to the queue at once."""
@@ -143,6 +170,7 @@ class StoryflowWorker(Worker):
         return True
 
     async def _retry_redis(self, step: Any) -> bool:
+        """Run `step` until Redis answers; True (done) as soon as a stop is asked for while it is away."""
         delay = 0.1
         while True:
             try:
@@ -152,8 +180,11 @@ class StoryflowWorker(Worker):
                 if task is not None and task.cancelling():
                     # redis-py may turn a cancellation mid-command into a connection error.
                     raise asyncio.CancelledError from exc
+                if self._stop.is_set():
+                    return True  # what could not be handed back is recovered by its lease, as after a crash
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, 2.0)
 
     async def _iterate(self) -> bool:

@@ -17,7 +17,8 @@ from api.routing import StrictJSONRoute
 from api.schemas import JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
 from infra.settings import Settings
 from memory.store import missing_documents
-from worker.runstore import RunStore, SubmitOutcome
+from runs.model import SubmitOutcome
+from runs.store import RunStore
 
 router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -55,7 +56,7 @@ def refused(outcome: SubmitOutcome) -> JSONResponse:
         "too_many_active": "too many runs queued or running for this tenant; retry later",
         "rate_limited": "too many submissions this minute for this tenant; retry later",
     }[outcome.status]
-    return JSONResponse({"detail": message}, status_code=429, headers={"Retry-After": outcome.job_id})
+    return JSONResponse({"detail": message}, status_code=429, headers={"Retry-After": str(outcome.retry_after_s)})
 
 
 @router.post(
@@ -83,7 +84,10 @@ async def submit_run(
     if missing:
         return JSONResponse(RunAccepted(job_id=None, status="pending_docs", pending_docs=missing).model_dump())
     outcome = await store.submit(tenant, uuid.uuid4().hex, **submit_fields(body, catalog, idempotency_key))
-    if outcome.status not in ("queued", "existing"):
+    if outcome.status == "mismatch":
+        message = "this Idempotency-Key was used with a different body (flow, story_id, input); use a new key"
+        raise HTTPException(422, validation_error("idempotency-key", message, "header"))
+    if outcome.status not in ("queued", "existing") or outcome.job_id is None:
         return refused(outcome)
     if wait and await request.app.state.finished_runs.wait(tenant, outcome.job_id, wait):
         record = await store.get(tenant, outcome.job_id)

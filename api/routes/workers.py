@@ -35,6 +35,6 @@ async def live_workers(redis: RedisDep) -> list[dict[str, Any]]:
     return [orjson.loads(info) for info in infos if info]
 
 
-@router.get("/workers", response_model=list[WorkerInfo], responses=error_responses(401, 503))
+@router.get("/workers", response_model=list[WorkerInfo], responses=error_responses(401, 403, 503))
 async def list_workers(redis: RedisDep, access: OpsAccessDep) -> list[dict[str, Any]]:
     return await live_workers(redis)

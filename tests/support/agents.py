@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from agents.base import Agent
+from agents.graph import FlowGraph, NodeSpec
 from memory.manager import AgentMemory
 
 
@@ -40,7 +41,7 @@ class Blocker(Agent):
         return "[blocker] done"
 
 
-FLOWS = {
+FLOWS: dict[str, tuple[str, ...] | FlowGraph] = {
     "explode": ("analyst", "boom"),
     "slow": ("slow",),
     "slow_then_summary": ("slow", "summarizer"),
@@ -76,3 +77,17 @@ class BlockOnce(Agent):
 
 
 FLOWS.update({"crash": ("crasher",), "block_once": ("blockonce",)})
+
+# A node whose first action loops back to itself: with echo it loops until max_visits.
+FLOWS["loop"] = FlowGraph(
+    "loop", "again", {"again": NodeSpec("again", "analyst", on={"again": "again", "done": None}, max_visits=2)}
+)
+# A person approves, then the slow agent runs (input: sleep=SECONDS): to kill a worker right after an answer.
+FLOWS["approve_then_slow"] = FlowGraph(
+    "approve_then_slow",
+    "ask",
+    {
+        "ask": NodeSpec("ask", None, on={"go": "work", "stop": None}, human="Go?"),
+        "work": NodeSpec("work", "slow", next=None),
+    },
+)

@@ -1,0 +1,14 @@
+-- A person answers a human step: the run is queued again, once. A second answer, or one that lost
+-- a race with a cancel, finds the run no longer awaiting (or awaiting another question) and does nothing.
+-- ARGV: the `awaiting` value answered (JSON, as read), job payload, payload ttl ms, counted fields,
+--       counted (event, data) pairs
+local a = FIRST_ARG
+if redis.call('HGET', R.record, 'status') ~= '"awaiting_input"' then return 'not_awaiting' end
+if redis.call('HGET', R.record, 'awaiting') ~= ARGV[a] then return 'not_awaiting' end
+local fields, at = counted(a + 3)
+local events = counted(at)
+redis.call('HSET', R.record, unpack(fields))
+redis.call('ZREM', R.awaiting, R.member)
+emit_all(events)
+enqueue(R.arq_job, R.arq_queue, R.wake, R.job_id, ARGV[a + 1], ARGV[a + 2], R.now_ms)
+return 'queued'

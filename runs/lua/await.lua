@@ -1,0 +1,12 @@
+-- The run stops at a human step: the worker lets go of it (no slot is held while it waits), and the
+-- story's later runs keep waiting behind it. Waiters (`?wait`) are told.
+-- ARGV: token, deadline ms, counted fields, counted (event, data) pairs
+if not holds_lease(ARGV[FIRST_ARG]) then return 0 end
+local fields, at = counted(FIRST_ARG + 2)
+local events = counted(at)
+redis.call('DEL', R.lease)
+redis.call('HSET', R.record, unpack(fields))
+emit_all(events)
+redis.call('ZADD', R.awaiting, ARGV[FIRST_ARG + 1], R.member)
+redis.call('PUBLISH', R.channel, R.message)
+return 1
