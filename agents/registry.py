@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +18,8 @@ from agents.base import Agent
 from agents.definitions import BUILTIN_DIR, load_definitions
 from agents.graph import FlowGraph, GraphError, straight_line
 from agents.llm import LLMClient
+
+logger = logging.getLogger("storyflow.agents")
 
 
 class CatalogError(ValueError):
@@ -74,12 +78,21 @@ def _agents_in(module: ModuleType) -> dict[str, type[Agent]]:
 def load_catalog(extra_modules: list[str] | None = None, agent_dirs: list[Path] | None = None) -> Catalog:
     """Shipped agents and flows; those declared in YAML under agents/definitions/ and `agent_dirs`;
     and those of extra Python modules (each may define Agent subclasses and FLOWS)."""
-    agents = _agents_in(shipped_nodes)
-    flows: dict[str, FlowDeclaration] = dict(shipped_flows.FLOWS)
+    shipped_agents, shipped = _agents_in(shipped_nodes), dict(shipped_flows.FLOWS)
+    agents = dict(shipped_agents)
+    flows: dict[str, FlowDeclaration] = dict(shipped)
     data_agents, data_flows = load_definitions([BUILTIN_DIR, *(agent_dirs or [])])
     agents.update(data_agents)
     flows.update(data_flows)
     for module in [importlib.import_module(name) for name in extra_modules or []]:
         agents.update(_agents_in(module))
         flows.update(getattr(module, "FLOWS", {}))
+    _log_replaced("agent", shipped_agents, agents)
+    _log_replaced("flow", shipped, flows)
     return Catalog(agents, flows)
+
+
+def _log_replaced(kind: str, shipped: Mapping[str, object], final: Mapping[str, object]) -> None:
+    for name, original in shipped.items():
+        if final[name] is not original:
+            logger.warning("a declared %s replaces the shipped %s %r", kind, kind, name)

@@ -13,10 +13,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from infra.embedded_redis import die_with_parent
 from infra.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="storyflow: agent flows on stories, as jobs.")
 CHILD_STOP_GRACE_S = 10.0
+CONFIG_ERROR = 2  # the exit code of a process that refused its configuration
 
 
 def load_settings() -> Settings:
@@ -25,7 +27,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(f"STORYFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         typer.secho(f"storyflow: bad configuration: {problems}", err=True, fg="red")
-        raise typer.Exit(2) from None
+        raise typer.Exit(CONFIG_ERROR) from None
 
 
 def require_redis_url(settings: Settings) -> str:
@@ -45,7 +47,7 @@ def check_catalog(settings: Settings) -> None:
         load_catalog(settings.extra_agent_modules, settings.extra_agent_dirs)
     except (ValueError, ImportError) as exc:
         typer.secho(f"storyflow: bad agent or flow definition: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from None
+        raise typer.Exit(CONFIG_ERROR) from None
 
 
 def configure_logging(settings: Settings) -> None:
@@ -62,12 +64,15 @@ def api(
     """Run the HTTP API (one process) against STORYFLOW_REDIS_URL."""
     import uvicorn
 
+    from infra.http_server import bounded_headers_protocol
+
     settings = load_settings()
     require_redis_url(settings)
     check_catalog(settings)
     configure_logging(settings)
+    protocol = bounded_headers_protocol(settings.max_header_bytes, settings.header_timeout)
     uvicorn.run(
-        "api.main:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
+        "api.main:create_app", factory=True, host=host, port=port, loop="uvloop", http=protocol,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5, log_config=None,
     )  # fmt: skip
 
@@ -97,23 +102,30 @@ class Supervisor:
         self.stopping = False
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
-        # A session of their own: Ctrl-C reaches only us, and we stop the children in order.
-        return subprocess.Popen(cmd, env=self.env, start_new_session=True)  # noqa: S603 (our own interpreter)
+        # A session of their own: Ctrl-C reaches only us, and we stop the children in order. And they
+        # end when we do, however we end (kill -9 included), instead of holding the port and the data.
+        return subprocess.Popen(cmd, env=self.env, start_new_session=True, preexec_fn=die_with_parent)  # noqa: S603
 
     def start(self) -> None:
         self.workers = [self._spawn(self.worker_cmd) for _ in range(self.worker_count)]
         self.api = self._spawn(self.api_cmd)
 
-    def watch(self) -> None:
+    def watch(self) -> int:
+        """Restart a worker that dies; the exit code `up` should end with when something cannot go on."""
         while not self.stopping:
             for index, process in enumerate(self.workers):
-                if process.poll() is not None and not self.stopping:
-                    typer.secho(f"storyflow: worker exited ({process.returncode}); restarting it", err=True)
-                    self.workers[index] = self._spawn(self.worker_cmd)
+                if process.poll() is None or self.stopping:
+                    continue
+                if process.returncode == CONFIG_ERROR:
+                    typer.secho("storyflow: a worker refused its configuration; stopping", err=True, fg="red")
+                    return CONFIG_ERROR
+                typer.secho(f"storyflow: worker exited ({process.returncode}); restarting it", err=True)
+                self.workers[index] = self._spawn(self.worker_cmd)
             if self.api and self.api.poll() is not None and not self.stopping:
                 typer.secho(f"storyflow: API exited ({self.api.returncode}); stopping", err=True, fg="red")
-                return
+                return 1
             time.sleep(0.5)
+        return 0
 
     def stop(self, worker_grace: float) -> None:
         self.stopping = True
@@ -145,11 +157,14 @@ def up(
     from infra.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
     settings = load_settings()
+    check_catalog(settings)  # before anything starts: a bad definition is one line and a non-zero exit
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
         try:
-            embedded = EmbeddedRedis(Path(settings.data_dir), appendfsync=settings.redis_appendfsync)
+            embedded = EmbeddedRedis(
+                Path(settings.data_dir), appendfsync=settings.redis_appendfsync, owned_by_parent=True
+            )
             env["STORYFLOW_REDIS_URL"] = embedded.start()
         except EmbeddedRedisError as exc:
             typer.secho(f"storyflow: {str(exc).splitlines()[0]}", err=True, fg="red")
@@ -158,10 +173,11 @@ def up(
     supervisor = Supervisor(env, workers, port, host)
     signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
+    code = 0
     try:
         supervisor.start()
         typer.echo(f"storyflow: API on http://{host}:{port} with {workers} worker(s); Ctrl-C stops")
-        supervisor.watch()
+        code = supervisor.watch()
     except KeyboardInterrupt:
         typer.echo("storyflow: stopping")
     finally:
@@ -169,6 +185,8 @@ def up(
         supervisor.stop(settings.shutdown_grace)
         if embedded:
             embedded.stop()
+    if code:
+        raise typer.Exit(code)
 
 
 def _raise_interrupt() -> None:

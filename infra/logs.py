@@ -9,8 +9,11 @@ from typing import Any
 
 import orjson
 
-# Attributes every LogRecord has; anything else came in through `extra=` and is worth printing.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else came in through `extra=` and is worth printing
+# (but uvicorn's `color_message`: the message again, with terminal colour codes).
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "color_message",
+}  # fmt: skip
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -46,3 +49,6 @@ def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
     if level != "DEBUG":
         # arq logs two lines per job; storyflow's own run lines carry more and are enough.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
+        # The openai SDK's HTTP client logs each request; the worker's run lines say what matters.
+        for name in ("httpx", "httpx2", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -82,6 +82,14 @@ def test_local_metrics_keep_cumulative_buckets() -> None:
     assert "0.01" not in pending
 
 
+def test_json_log_lines_leave_out_uvicorns_coloured_copy_of_the_message() -> None:
+    record = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, "Started server process [%d]", (42,), None)
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["msg"] == "Started server process [42]" and "color_message" not in line
+    assert "\x1b" not in JsonFormatter().format(record)
+
+
 def test_json_log_lines_carry_the_run_fields() -> None:
     record = logging.LogRecord("storyflow.worker", logging.INFO, __file__, 1, "run %s", ("complete",), None)
     record.job_id, record.attempt = "abc", 2
