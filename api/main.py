@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from agents.registry import load_catalog
 from api.errors import install_error_handlers
+from api.event_fanout import EventFanout
 from api.routes import docs, events, flows, health, memory, metrics, runs, steps, workers
 from api.routes.swagger import mount_swagger
 from api.waiting import FinishedRuns
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.warning("STORYFLOW_API_KEYS is unset: authentication is off, every caller is tenant 'default'")
         app.state.settings = settings
         app.state.catalog = load_catalog(settings.extra_agent_modules, settings.extra_agent_dirs)
-        app.state.redis = create_redis(settings.redis_url)
+        app.state.redis = create_redis(settings.redis_url, max_connections=settings.redis_max_connections)
         app.state.store = RunStore(
             app.state.redis,
             result_ttl=settings.result_ttl,
@@ -42,9 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.finished_runs = FinishedRuns(app.state.redis)
         app.state.finished_runs.start()
+        app.state.event_fanout = EventFanout(settings.redis_url, app.state.redis, settings.max_streams_per_tenant)
+        app.state.event_fanout.start()
         try:
             yield
         finally:
+            await app.state.event_fanout.stop()
             await app.state.finished_runs.stop()
             await app.state.redis.aclose()
 

@@ -1,52 +1,19 @@
-"""Following a run: its event stream (SSE) and waiting for its end (`?wait=`), woken by Redis, never polling."""
+"""Waiting for a run to stop (`?wait=`), woken by Redis, never polling."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from infra import keys
-from infra.redis import BLOCK_CHUNK_S
 from runs.model import STOPPED
 
 logger = logging.getLogger("storyflow.api")
 STOP_CHECK_S = 0.5
-TERMINAL_EVENTS = frozenset({"complete", "failed", "cancelled"})
-Event = tuple[str, str, str]  # (stream id, event name, JSON data)
-
-
-async def read_events(
-    redis: Redis,
-    tenant: str,
-    job_id: str,
-    *,
-    after: str = "0-0",
-    timeout: float | None = None,  # noqa: ASYNC109
-) -> AsyncIterator[Event]:
-    """The run's events after `after`, as they come, until a terminal one or the timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    stream = keys.run_events(tenant, job_id)
-    while True:
-        remaining = BLOCK_CHUNK_S if deadline is None else min(BLOCK_CHUNK_S, deadline - loop.time())
-        if remaining <= 0:
-            return
-        reply = await redis.xread({stream: after}, block=max(1, int(remaining * 1000)), count=100)
-        if not reply and not await redis.exists(keys.run(tenant, job_id)):
-            return  # the run expired or never existed
-        for _, entries in reply:
-            for position, (entry_id, fields) in enumerate(entries, 1):
-                after = entry_id.decode()
-                name = fields[b"event"].decode()
-                yield after, name, fields[b"data"].decode()
-                # An end is the end unless the run was retried after it (more events follow).
-                if name in TERMINAL_EVENTS and position == len(entries):
-                    return
 
 
 class FinishedRuns:

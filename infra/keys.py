@@ -19,6 +19,8 @@ ARQ_ABORT_SET = arq_constants.abort_jobs_ss
 
 WAKE_LIST = f"{PREFIX}:wake"  # workers BLPOP it to pick up new runs at once
 WORKERS_SEEN = f"{PREFIX}:workers:seen"  # zset worker id -> last heartbeat (ms)
+WORKER_FRESH_MS = 15_000  # a worker whose heartbeat is older is not counted as live
+WORKER_FORGOTTEN_MS = 60_000  # ... and after this long it leaves the registry (killed workers never deregister)
 WORKERS_INFO = f"{PREFIX}:workers:info"  # hash worker id -> JSON description
 FINISHED_CHANNEL = f"{PREFIX}:finished"  # pub/sub: `tenant:job_id` of each run that finished
 METRICS = f"{PREFIX}:metrics"  # hash `name|labels` -> value; see infra/metrics.py

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STORYFLOW_", extra="ignore", frozen=True)
 
     redis_url: str | None = None
+    redis_max_connections: PositiveInt = 512  # the connection pool of each API and worker process
     data_dir: Path = Path(".storyflow")
     # fsync policy of the embedded Redis: `always` loses no acknowledged write even if Redis is
     # killed mid-fsync; `everysec` is faster and may lose up to ~2 s of writes in that case.

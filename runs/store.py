@@ -36,6 +36,7 @@ RUN_FUNCTION = "run_flow"
 ARQ_JOB_TTL_MS = 7 * 86_400_000
 _QUOTED_FIELDS = [f'"{name}":'.encode() for name in RECORD_FIELDS]
 EXPIRED_BATCH = 500
+LIST_SCAN_FACTOR = 20
 
 
 def _j(value: Any) -> str:
@@ -213,17 +214,19 @@ class RunStore:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Runs newest first from the tenant's (or story's) index, and the cursor of the next page.
 
-        The cursor is `score:job_id` of the last run returned, so runs enqueued in the same
-        millisecond are neither skipped nor repeated. Expired records' entries leave the indexes
-        with `forget_expired`; the few met before that are skipped.
+        The cursor is `score:job_id` of the last entry read, so runs enqueued in the same millisecond
+        are neither skipped nor repeated. Expired records leave the indexes with `forget_expired`; the
+        few met before that are dropped here. A page reads at most LIST_SCAN_FACTOR x limit entries
+        (a filter by status may match few): then it ends early, with a cursor to go on.
         """
         index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
         start_after = _parse_cursor(cursor)
         upper = str(start_after[0]) if start_after else "+inf"
         runs: list[dict[str, Any]] = []
+        expired: list[str] = []
         last: tuple[int, str] | None = None
-        offset = 0
-        while len(runs) < limit:
+        offset, budget = 0, LIST_SCAN_FACTOR * limit
+        while len(runs) < limit and offset < budget:
             page = await self.redis.zrevrangebyscore(index, upper, "-inf", start=offset, num=limit * 2, withscores=True)
             if not page:
                 break
@@ -233,12 +236,17 @@ class RunStore:
                 entries = [e for e in entries if e[0] < start_after[0] or e[1] < start_after[1]]
             records = await self.get_many(tenant, [job_id for _, job_id in entries])
             for entry, record in zip(entries, records, strict=True):
-                if record is not None and status in (None, record["status"]):
+                last = entry
+                if record is None:
+                    expired.append(entry[1])
+                elif status in (None, record["status"]):
                     runs.append(record)
-                    last = entry
                     if len(runs) == limit:
                         break
-        return runs, f"{last[0]}:{last[1]}" if last and len(runs) == limit else None
+        if expired:
+            await self.redis.zrem(index, *expired)
+        more = last is not None and (len(runs) == limit or offset >= budget)
+        return runs, f"{last[0]}:{last[1]}" if more and last else None
 
     async def forget_expired(self) -> int:
         """Take expired runs out of the run indexes (any process may call it; it is idempotent)."""

@@ -144,15 +144,27 @@ async def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05
 
 
 @pytest.fixture
-async def background_worker(settings: Settings) -> AsyncIterator[Any]:
+async def background_worker_factory() -> AsyncIterator[Any]:
+    """Start in-process workers (not burst) with given settings; all are stopped at the test's end."""
+    started: list[tuple[Any, asyncio.Task[None]]] = []
+
+    async def start(settings: Settings) -> Any:
+        worker = build_worker(settings)
+        started.append((worker, asyncio.create_task(worker.main())))
+        return worker
+
+    yield start
+    for worker, task in started:
+        worker.settings = worker.settings.model_copy(update={"shutdown_grace": 0})
+        worker.request_stop()
+        await task
+        await worker.close()
+
+
+@pytest.fixture
+async def background_worker(settings: Settings, background_worker_factory: Any) -> Any:
     """An in-process worker that keeps running for the test (not burst)."""
-    worker = build_worker(settings)
-    task = asyncio.create_task(worker.main())
-    yield worker
-    worker.settings = worker.settings.model_copy(update={"shutdown_grace": 0})
-    worker.request_stop()
-    await task
-    await worker.close()
+    return await background_worker_factory(settings)
 
 
 async def wait_http_ok(url: str, timeout: float = 20.0) -> None:

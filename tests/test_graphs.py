@@ -172,24 +172,18 @@ async def test_later_runs_of_the_story_wait_behind_a_run_awaiting_input(
     assert (await until_status(client, later, "complete"))["status"] == "complete"
 
 
-async def test_a_run_awaiting_too_long_fails_with_input_timeout(redis_url: str, redis: Redis) -> None:
-    from tests.conftest import build_worker
-
+async def test_a_run_awaiting_too_long_fails_with_input_timeout(
+    redis_url: str, redis: Redis, background_worker_factory: Any
+) -> None:
     settings = make_settings(redis_url, input_timeout=0.5)
-    worker = build_worker(settings)
-    task = asyncio.create_task(worker.main())
-    try:
-        async for client in api_client(settings):
-            await put_docs(client)
-            job_id = await run_flow(client, "story_approval", "Saved cards.")
-            run = await until_status(client, job_id, "failed", "complete", timeout=15)
-            assert run["status"] == "failed" and run["error"]["type"] == "input_timeout", run
-            assert run["awaiting"] is None
-            assert not await redis.zcard(keys.AWAITING)
-    finally:
-        worker.request_stop()
-        await task
-        await worker.close()
+    await background_worker_factory(settings)
+    async for client in api_client(settings):
+        await put_docs(client)
+        job_id = await run_flow(client, "story_approval", "Saved cards.")
+        run = await until_status(client, job_id, "failed", "complete", timeout=15)
+        assert run["status"] == "failed" and run["error"]["type"] == "input_timeout", run
+        assert run["awaiting"] is None
+        assert not await redis.zcard(keys.AWAITING)
 
 
 # -- with real processes ---------------------------------------------------------------------------

@@ -94,10 +94,17 @@ class StoryflowWorker(Worker):
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _tidy(self) -> None:
-        """Chores any worker may do: expired runs out of the indexes, runs awaiting input past their deadline."""
+        """Chores any worker may do: expired runs out of the indexes, runs awaiting input past their deadline,
+        workers long dead out of the registry."""
         store: RunStore = self.ctx["executor"].store
         await store.forget_expired()
         await store.expire_inputs()
+        gone = await self.pool.zrangebyscore(keys.WORKERS_SEEN, "-inf", now_ms() - keys.WORKER_FORGOTTEN_MS)
+        if gone:
+            async with self.pool.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.WORKERS_SEEN, *gone)
+                pipe.hdel(keys.WORKERS_INFO, *gone)
+                await pipe.execute()
 
     async def _beat(self) -> None:
         executor: FlowExecutor = self.ctx["executor"]

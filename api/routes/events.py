@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from api.deps import RedisDep, StoreDep, TenantDep
 from api.errors import error_responses, validation_error
+from api.event_fanout import EventFanout, Subscription
 from api.routes.runs import find_run
-from api.waiting import TERMINAL_EVENTS, read_events
 from infra import keys
+from runs.model import TERMINAL
 
 router = APIRouter(tags=["runs"])
 HEARTBEAT_S = 15
 STREAM_ID = r"^\d{1,20}-\d{1,20}$"
 MAX_STREAM_PART = 2**64 - 1  # Redis refuses a stream id with a larger part
-FINISHED = frozenset(TERMINAL_EVENTS)
+FINISHED = frozenset(str(status) for status in TERMINAL)
 
 
 def is_stream_id(value: str) -> bool:
@@ -33,10 +37,11 @@ def is_stream_id(value: str) -> bool:
     responses={
         200: {"content": {"text/event-stream": {}}},
         204: {"description": "the run has finished and sent every event after Last-Event-ID: do not reconnect"},
-        **error_responses(401, 404, 422, 503),
+        **error_responses(401, 404, 422, 429, 503),
     },
 )
 async def run_events(
+    request: Request,
     job_id: str,
     tenant: TenantDep,
     store: StoreDep,
@@ -53,8 +58,32 @@ async def run_events(
         if not later:
             return Response(status_code=204)
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
-        async for entry_id, name, data in read_events(redis, tenant, job_id, after=last_event_id or "0-0"):
-            yield {"id": entry_id, "event": name, "data": data}
+    fanout: EventFanout = request.app.state.event_fanout
+    subscription = fanout.subscribe(tenant, keys.run_events(tenant, job_id), last_event_id or "0-0")
+    if subscription is None:
+        message = f"this tenant has {fanout.open_streams(tenant)} event streams open here; close some first"
+        return JSONResponse({"detail": message}, status_code=429, headers={"Retry-After": "5"})
+    return EventSourceResponse(
+        _follow(fanout, subscription, redis, keys.run(tenant, job_id)),
+        ping=HEARTBEAT_S,
+        background=BackgroundTask(fanout.unsubscribe, subscription),
+    )
 
-    return EventSourceResponse(stream(), ping=HEARTBEAT_S)
+
+async def _follow(
+    fanout: EventFanout, subscription: Subscription, redis: RedisDep, record: str
+) -> AsyncIterator[dict[str, str]]:
+    """The run's events until its end (unless it was retried after: more events follow at once)."""
+    try:
+        while True:
+            try:
+                entry_id, name, data = await asyncio.wait_for(subscription.entries.get(), HEARTBEAT_S)
+            except TimeoutError:
+                if not await redis.exists(record):
+                    return  # the run expired meanwhile
+                continue
+            yield {"id": entry_id, "event": name, "data": data}
+            if name in FINISHED and subscription.entries.empty():
+                return
+    finally:
+        fanout.unsubscribe(subscription)

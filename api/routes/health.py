@@ -13,7 +13,6 @@ from infra import keys
 from infra.timeutil import now_ms
 
 router = APIRouter(tags=["operations"])
-WORKER_FRESH_MS = 15_000
 
 
 @router.get("/healthz", response_model=Health)
@@ -25,7 +24,7 @@ async def healthz() -> Health:
 async def readyz(redis: RedisDep, access: OpsAccessDep) -> JSONResponse:
     try:
         await redis.ping()
-        workers = await redis.zcount(keys.WORKERS_SEEN, now_ms() - WORKER_FRESH_MS, "+inf")
+        workers = await redis.zcount(keys.WORKERS_SEEN, now_ms() - keys.WORKER_FRESH_MS, "+inf")
     except (RedisError, OSError) as exc:
         body = Health(status="unavailable", reason=f"Redis does not answer: {exc}")
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})

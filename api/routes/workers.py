@@ -14,7 +14,6 @@ from infra import keys
 from infra.timeutil import now_ms
 
 router = APIRouter(tags=["operations"])
-WORKER_FRESH_MS = 15_000
 
 
 class WorkerInfo(BaseModel):
@@ -28,7 +27,7 @@ class WorkerInfo(BaseModel):
 
 
 async def live_workers(redis: RedisDep) -> list[dict[str, Any]]:
-    fresh = await redis.zrangebyscore(keys.WORKERS_SEEN, now_ms() - WORKER_FRESH_MS, "+inf")
+    fresh = await redis.zrangebyscore(keys.WORKERS_SEEN, now_ms() - keys.WORKER_FRESH_MS, "+inf")
     if not fresh:
         return []
     infos = await redis.hmget(keys.WORKERS_INFO, fresh)  # type: ignore[misc]
