@@ -107,6 +107,14 @@ def runs_query(story_id: str | None, status: str | None, limit: int | None) -> d
     return {key: value for key, value in query.items() if value is not None}
 
 
+def retry_body(from_node: str | None) -> dict[str, str]:
+    return {} if from_node is None else {"from": from_node}
+
+
+def input_body(action: str, text: str | None) -> dict[str, str]:
+    return {"action": action} | ({} if text is None else {"text": text})
+
+
 def events_headers(last_event_id: str | None) -> dict[str, str]:
     return {"Last-Event-ID": last_event_id} if last_event_id else {}
 

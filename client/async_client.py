@@ -87,6 +87,18 @@ class AsyncStoryflowClient:
     async def cancel(self, job_id: str) -> RunRecord:
         return protocol.parse_record(await self._request("DELETE", f"/run/{job_id}"))
 
+    async def retry(self, job_id: str, from_node: str | None = None) -> RunRecord:
+        """Queue a failed or cancelled run again, at the step that stopped it or at `from_node`."""
+        return protocol.parse_record(
+            await self._request("POST", f"/run/{job_id}/retry", json=protocol.retry_body(from_node))
+        )
+
+    async def answer(self, job_id: str, action: str, text: str | None = None) -> RunRecord:
+        """Answer the human step a run awaits."""
+        return protocol.parse_record(
+            await self._request("POST", f"/run/{job_id}/input", json=protocol.input_body(action, text))
+        )
+
     async def list_runs(
         self, story_id: str | None = None, status: str | None = None, limit: int | None = None
     ) -> list[RunRecord]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -25,6 +26,7 @@ from client.errors import StoryflowError
 from client.models import PendingDocs, RunEvent, RunRecord
 from client.sync_client import StoryflowClient
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts and pipes.")]
 UrlOption = Annotated[str, typer.Option("--url", envvar="STORYFLOW_URL", help="Base URL of the storyflow API.")]
 ApiKeyOption = Annotated[
     str | None,
@@ -60,6 +62,8 @@ def register(app: typer.Typer, factory: ClientFactory | None = None) -> None:
     app.command("submit")(commands.submit)
     app.command("status")(commands.status)
     app.command("cancel")(commands.cancel)
+    app.command("retry")(commands.retry)
+    app.command("input")(commands.input)
     app.command("runs")(commands.runs)
     app.command("flows")(commands.flows)
     app.command("batch")(commands.batch)
@@ -100,10 +104,38 @@ class ClientCommands:
                 return
             _print_outcome(_follow_run(client, answer.job_id, timeout))
 
-    def status(self, job_id: str, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
-        """Print a run's record as JSON."""
+    def status(
+        self, job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None
+    ) -> None:
+        """Print a run's record as JSON (indented; one line with --json)."""
         with _errors_reported(), self._factory.sync(url, api_key) as client:
-            typer.echo(client.get(job_id).model_dump_json(indent=2))
+            record = client.get(job_id)
+        typer.echo(record.model_dump_json() if as_json else record.model_dump_json(indent=2))
+
+    def retry(
+        self,
+        job_id: str,
+        from_node: Annotated[str | None, typer.Option("--from", help="Resume at this node's latest visit.")] = None,
+        url: UrlOption = DEFAULT_URL,
+        api_key: ApiKeyOption = None,
+    ) -> None:
+        """Queue a failed or cancelled run again: it resumes where it stopped (or at --from)."""
+        with _errors_reported(), self._factory.sync(url, api_key) as client:
+            record = client.retry(job_id, from_node)
+        typer.echo(f"run {record.job_id} {record.status}")
+
+    def input(
+        self,
+        job_id: str,
+        action: Annotated[str, typer.Argument(help="One of the actions the step offers.")],
+        text: Annotated[str | None, typer.Option("--text", help="The step's output (default: the draft).")] = None,
+        url: UrlOption = DEFAULT_URL,
+        api_key: ApiKeyOption = None,
+    ) -> None:
+        """Answer the human step a run awaits."""
+        with _errors_reported(), self._factory.sync(url, api_key) as client:
+            record = client.answer(job_id, action, text)
+        typer.echo(f"run {record.job_id} {record.status}")
 
     def cancel(self, job_id: str, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
         """Cancel a queued or running run."""
@@ -116,22 +148,31 @@ class ClientCommands:
         story: Annotated[str | None, typer.Option("--story", help="Only this story's runs.")] = None,
         status: Annotated[str | None, typer.Option("--status", help="Only runs in this status.")] = None,
         limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many runs.")] = None,
+        as_json: JsonOption = False,
         url: UrlOption = DEFAULT_URL,
         api_key: ApiKeyOption = None,
     ) -> None:
         """List the tenant's runs, newest first."""
         with _errors_reported(), self._factory.sync(url, api_key) as client:
             records = client.list_runs(story_id=story, status=status, limit=limit)
+        if as_json:
+            typer.echo(json.dumps([record.model_dump(mode="json") for record in records]))
+            return
         _stdout().print(_runs_table(records))
 
-    def flows(self, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
-        """List the flows the server knows."""
+    def flows(self, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
+        """List the flows the server knows, each drawn as its graph."""
         with _errors_reported(), self._factory.sync(url, api_key) as client:
             flows = client.flows()
-        table = Table("flow", "agents", "requires docs")
+        if as_json:
+            typer.echo(json.dumps([flow.model_dump(mode="json") for flow in flows]))
+            return
+        console = _stdout()
         for flow in flows:
-            table.add_row(flow.name, " → ".join(flow.agents), ", ".join(flow.requires_docs) or "-")
-        _stdout().print(table)
+            docs = ", ".join(flow.requires_docs) or "none"
+            console.print(f"[bold]{escape(flow.name)}[/]  (documents: {escape(docs)})")
+            for line in _graph_lines(flow.graph or {}):
+                console.print("  " + escape(line))
 
     def docs_put(
         self,
@@ -233,11 +274,31 @@ def _when(moment: object) -> str:
     return "-" if moment is None else str(moment)
 
 
+def _graph_lines(graph: dict[str, Any]) -> list[str]:
+    """One line a node: `qa (agent qa): approve -> end | revise -> dev`, the start first."""
+    nodes: dict[str, dict[str, Any]] = graph.get("nodes", {})
+    order = sorted(nodes, key=lambda name: name != graph.get("start"))
+    lines = []
+    for name in order:
+        node = nodes[name]
+        who = f"asks a person: {node['human']!r}" if node.get("human") else f"agent {node.get('agent')}"
+        if node.get("on"):
+            edges = " | ".join(f"{action} -> {target or 'end'}" for action, target in node["on"].items())
+        else:
+            edges = f"-> {node.get('next') or 'end'}"
+        limit = f", at most {node['max_visits']} visits" if node.get("on") else ""
+        lines.append(f"{name} ({who}{limit}): {edges}")
+    return lines
+
+
 def _follow_run(client: StoryflowClient, job_id: str, timeout: float | None) -> RunRecord:
     console = _stderr()
     with console.status(f"run {job_id} queued") as spinner:
 
         def show(event: RunEvent) -> None:
+            if event.event == "token":
+                console.print(escape(str(event.data.get("text", ""))), end="", style="dim", highlight=False)
+                return
             line = _describe_event(event)
             if line:
                 console.print(line)
@@ -258,11 +319,18 @@ def _describe_event(event: RunEvent) -> str | None:
         "complete": "[green]run complete[/]",
         "failed": "[red]run failed[/]",
         "cancelled": "[yellow]run cancelled[/]",
+        "awaiting_input": f"[magenta]?[/] {node} awaits a person",
+        "retried": "[dim]run retried[/]",
     }
     return descriptions.get(event.event)
 
 
 def _print_outcome(record: RunRecord) -> None:
+    if record.status == "awaiting_input" and record.awaiting is not None:
+        asked = record.awaiting
+        typer.echo(f"run {record.job_id} awaits a person at {asked.node!r}: {asked.prompt}")
+        typer.echo(f"answer with: storyflow input {record.job_id} {'|'.join(asked.actions)} [--text TEXT]")
+        return
     if record.status == "failed":
         error = record.error
         reason = f"{error.type}: {error.message}" if error else "no error reported"

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from client.detail import describe_detail
 
-RunStatus = Literal["queued", "in_progress", "complete", "failed", "cancelled"]
-FINISHED_STATUSES: frozenset[str] = frozenset({"complete", "failed", "cancelled"})
-TERMINAL_EVENTS: frozenset[str] = frozenset({"complete", "failed", "cancelled"})
+RunStatus = Literal["queued", "in_progress", "awaiting_input", "complete", "failed", "cancelled"]
+# A wait ends when the run ends, or when it stops for a person's answer (POST /run/{id}/input).
+FINISHED_STATUSES: frozenset[str] = frozenset({"complete", "failed", "cancelled", "awaiting_input"})
+TERMINAL_EVENTS: frozenset[str] = frozenset({"complete", "failed", "cancelled", "awaiting_input"})
 
 
 class _ServerModel(BaseModel):
@@ -31,6 +32,12 @@ class Progress(_ServerModel):
     total: int | None = None
 
 
+class Awaiting(_ServerModel):
+    node: str
+    prompt: str = ""
+    actions: list[str] = Field(default_factory=list)
+
+
 class RunRecord(_ServerModel):
     job_id: str
     status: RunStatus
@@ -44,9 +51,13 @@ class RunRecord(_ServerModel):
     result: str | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: RunError | None = None
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    awaiting: Awaiting | None = None
 
     @property
     def is_finished(self) -> bool:
+        """Ended, or stopped for a person's answer: nothing more happens without someone acting."""
         return self.status in FINISHED_STATUSES
 
 
@@ -105,6 +116,7 @@ class FlowInfo(_ServerModel):
     name: str
     agents: list[str] = Field(default_factory=list)
     requires_docs: list[str] = Field(default_factory=list)
+    graph: dict[str, Any] | None = None
 
 
 class Document(_ServerModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Generator
 from contextlib import closing
@@ -87,6 +89,16 @@ class StoryflowClient:
     def cancel(self, job_id: str) -> RunRecord:
         return protocol.parse_record(self._request("DELETE", f"/run/{job_id}"))
 
+    def retry(self, job_id: str, from_node: str | None = None) -> RunRecord:
+        """Queue a failed or cancelled run again, at the step that stopped it or at `from_node`."""
+        return protocol.parse_record(self._request("POST", f"/run/{job_id}/retry", json=protocol.retry_body(from_node)))
+
+    def answer(self, job_id: str, action: str, text: str | None = None) -> RunRecord:
+        """Answer the human step a run awaits."""
+        return protocol.parse_record(
+            self._request("POST", f"/run/{job_id}/input", json=protocol.input_body(action, text))
+        )
+
     def list_runs(
         self, story_id: str | None = None, status: str | None = None, limit: int | None = None
     ) -> list[RunRecord]:
@@ -125,11 +137,29 @@ class StoryflowClient:
     ) -> RunRecord:
         """Follow the run's events until it finishes, then return its record.
 
-        Falls back to polling with backoff when the event stream is unavailable. `timeout` is
-        checked between events, so a stream that only sends keep-alives may overrun it a little.
+        Falls back to polling with backoff when the event stream is unavailable. The stream is read
+        in a helper thread and handed over here, so `timeout` holds even while events keep coming
+        (a blocking read cannot be told the time; the async face has asyncio.timeout for this).
         """
         deadline = protocol.Deadline(timeout)
-        self._follow_events(job_id, deadline, on_event)
+        events: queue.Queue[RunEvent | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                self._follow_events(job_id, deadline, events.put)
+            finally:
+                events.put(None)
+
+        threading.Thread(target=pump, name=f"storyflow-wait-{job_id}", daemon=True).start()
+        while True:
+            try:
+                event = events.get(timeout=deadline.remaining)
+            except queue.Empty:
+                break
+            if event is None:
+                break
+            if on_event is not None:
+                on_event(event)
         return self._poll_until_finished(job_id, deadline)
 
     def _follow_events(self, job_id: str, deadline: protocol.Deadline, on_event: protocol.EventCallback | None) -> None:

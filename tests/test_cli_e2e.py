@@ -60,3 +60,40 @@ async def test_submit_wait_status_docs_and_batch(processes: Processes, tmp_path:
     assert len(missing.stderr.strip().splitlines()) == 1
     down = storyflow("http://127.0.0.1:1", "status", "f" * 32)
     assert down.returncode == 1 and "Traceback" not in down.stderr
+
+
+async def test_flows_human_steps_retry_and_json_from_the_command_line(processes: Processes, tmp_path: Path) -> None:
+    processes.worker(STORYFLOW_ECHO_DELAY="0.05")
+    port = free_port()
+    processes.api(port)
+    url = f"http://127.0.0.1:{port}"
+    await wait_http_ok(f"{url}/healthz")
+    for doc_id in ("prd", "architecture"):
+        (tmp_path / doc_id).write_text(f"the {doc_id}")
+        assert storyflow(url, "docs", "put", doc_id, str(tmp_path / doc_id)).returncode == 0
+
+    drawn = storyflow(url, "flows").stdout
+    assert "qa (agent qa, at most 3 visits): approve -> end | revise -> dev" in drawn
+    assert "po (asks a person: 'Approve the story draft?', at most 5 visits): approve -> dev | reject -> end" in drawn
+    flows = json.loads(storyflow(url, "flows", "--json").stdout)
+    assert {flow["name"] for flow in flows} >= {"default", "story", "story_approval"}
+
+    paused = storyflow(url, "submit", "--story", "c1", "--flow", "story_approval", "--wait", "Saved cards")
+    assert paused.returncode == 0, paused.stderr
+    assert "awaits a person at 'po': Approve the story draft?" in paused.stdout
+    assert "[sm] Saved cards" in paused.stderr  # the tokens as they came
+    job_id = paused.stdout.split("storyflow input ")[1].split()[0]
+    answered = storyflow(url, "input", job_id, "approve", "--text", "Approved.")
+    assert answered.returncode == 0 and "queued" in answered.stdout
+    wrong = storyflow(url, "input", job_id, "approve")
+    assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
+
+    runs = json.loads(storyflow(url, "runs", "--story", "c1", "--json").stdout)
+    assert [run["job_id"] for run in runs] == [job_id]
+    status = json.loads(storyflow(url, "status", job_id, "--json").stdout)
+    assert [step["node"] for step in status["steps"]][:2] == ["sm", "po"]
+
+    cancelled_id = storyflow(url, "submit", "--story", "c2", "--flow", "story_approval", "x").stdout.strip()
+    assert storyflow(url, "cancel", cancelled_id).returncode == 0
+    retried = storyflow(url, "retry", cancelled_id, "--from", "sm")
+    assert retried.returncode == 0 and "queued" in retried.stdout, retried.stderr
