@@ -13,8 +13,16 @@ SOCKET_TIMEOUT_S = 5.0
 BLOCK_CHUNK_S = 2.0
 
 
+def _exception_as_text(value: Any) -> str:
+    # arq serializes a job's "result" when it drops the job, and for an aborted one that is the
+    # CancelledError: written as text instead of a traceback in the worker's log.
+    if isinstance(value, BaseException):
+        return repr(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def dumps_job(data: dict[str, Any]) -> bytes:
-    return orjson.dumps(data)
+    return orjson.dumps(data, default=_exception_as_text)
 
 
 def loads_job(raw: bytes) -> dict[str, Any]:
