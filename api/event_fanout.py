@@ -104,8 +104,6 @@ class EventFanout:
         delay = 0.1
         while not self._stopping:
             try:
-                if self._reader_id is None:
-                    self._reader_id = int(await self._reader.client_id())
                 await self._read_once()
                 delay = 0.1
             except (RedisError, OSError) as exc:
@@ -123,6 +121,8 @@ class EventFanout:
                 await self._changed.wait()
             return
         self._changed.clear()
+        if self._reader_id is None:  # connected on the first subscription: an API that serves none pays nothing
+            self._reader_id = int(await self._reader.client_id())
         cursors = {stream: min((s.last_id for s in subs), key=_id) for stream, subs in self._subscriptions.items()}
         self._blocked = True
         try:

@@ -23,6 +23,36 @@ from worker.main import build_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_AGENTS = "tests.support.agents"
+# Modules of pure logic: no Redis, no processes, no network.
+UNIT_MODULES = {"test_units.py", "test_arq_compat.py", "test_cli_client.py", "test_compose.py"}
+# Integration modules that take long (fuzzing, rate-limit windows, timeouts): left out of `-m fast`.
+SLOW_MODULES = {
+    "test_fuzz.py", "test_llm_limits.py", "test_tls_redis.py", "test_retention.py", "test_event_streams.py",
+    "test_processes.py", "test_openai_llm.py", "test_client_wait.py", "test_http_limits.py",
+}  # fmt: skip
+PROCESS_MODULES = {"test_up.py", "test_cli_e2e.py"}  # they start `storyflow` commands themselves
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets its kind (README "Tests"): unit, integration, faults or bench; and `processes`
+    when it starts real API or worker processes (the slow part of integration)."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if "faults" in path.parts:
+            item.add_marker(pytest.mark.faults)
+        elif "bench" in path.parts:
+            item.add_marker(pytest.mark.bench)
+        elif path.name in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)
+        else:
+            item.add_marker(pytest.mark.integration)
+        starts_processes = "processes" in getattr(item, "fixturenames", ()) or path.name in PROCESS_MODULES
+        if starts_processes:
+            item.add_marker(pytest.mark.processes)
+        slow = item.get_closest_marker("slow") is not None or path.name in SLOW_MODULES
+        kind_is_fast = "faults" not in path.parts and "bench" not in path.parts
+        if path.name in UNIT_MODULES or (kind_is_fast and not starts_processes and not slow):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,7 @@ async def test_a_declared_flow_runs_and_writes_its_memory_key(redis_url: str, re
         assert memory["story"]["critique"] == "[critic] [analyst] idea"
 
 
+@pytest.mark.slow
 def test_a_worker_with_a_bad_definition_stops_with_one_line(tmp_path: Path) -> None:
     defs = write(tmp_path / "defs", **{"critic.yaml": "name: critic\n"})
     env = {**os.environ, "STORYFLOW_REDIS_URL": "redis://127.0.0.1:1", "STORYFLOW_AGENT_DIRS": str(defs)}

@@ -172,6 +172,7 @@ async def test_later_runs_of_the_story_wait_behind_a_run_awaiting_input(
     assert (await until_status(client, later, "complete"))["status"] == "complete"
 
 
+@pytest.mark.slow
 async def test_a_run_awaiting_too_long_fails_with_input_timeout(
     redis_url: str, redis: Redis, background_worker_factory: Any
 ) -> None:

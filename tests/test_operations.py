@@ -98,6 +98,7 @@ def test_json_log_lines_carry_the_run_fields() -> None:
     assert line["level"] == "info" and line["ts"]
 
 
+@pytest.mark.slow
 async def test_worker_logs_one_json_line_per_run_event_and_no_secrets(
     client: httpx.AsyncClient, redis_url: str
 ) -> None:

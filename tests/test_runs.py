@@ -7,6 +7,7 @@ from datetime import datetime
 from itertools import pairwise
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from infra.settings import Settings
@@ -133,6 +134,7 @@ async def test_cancel_a_finished_run_is_409(client: httpx.AsyncClient, settings:
     assert response.status_code == 409
 
 
+@pytest.mark.slow
 async def test_run_longer_than_the_job_timeout_fails_with_timeout(redis_url: str, redis: Redis) -> None:
     settings = make_settings(redis_url, job_timeout=1)
     async for client in api_client(settings):

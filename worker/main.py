@@ -14,9 +14,8 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from arq.worker import Worker, func
+from arq.worker import func
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.llm import create_llm
@@ -26,11 +25,11 @@ from infra.redis import BLOCK_CHUNK_S, create_redis, dumps_job, loads_job
 from infra.settings import Settings
 from infra.timeutil import now_ms
 from runs.store import RUN_FUNCTION, RunStore
+from worker.arq_compat import ArqCompat
 from worker.executor import FlowExecutor
 
 logger = logging.getLogger("storyflow.worker")
 HEARTBEAT_S = 2.0
-CLOSE_BUDGET_S = 2.0  # the last heartbeat, deregistering, closing connections
 VERSION = "0.1.0"
 
 
@@ -39,7 +38,7 @@ async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str, story_id: str,
     return await executor.execute(tenant, job_id, story_id, flow)
 
 
-class StoryflowWorker(Worker):
+class StoryflowWorker(ArqCompat):
     """arq's Worker, but it blocks on a wake-up list between polls and waits out Redis outages."""
 
     def __init__(self, settings: Settings, redis: ArqRedis, **kwargs: Any) -> None:
@@ -58,11 +57,9 @@ class StoryflowWorker(Worker):
             health_check_interval=3600,
             on_startup=self._startup,
             on_shutdown=self._shutdown,
+            lease_s=settings.lease_seconds,  # the executor renews lease and in-progress marker together
             **kwargs,
         )
-        # arq's in-progress marker doubles as the lease: the executor renews both while it runs.
-        self.in_progress_timeout_s = settings.lease_seconds
-        self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._beat_task: asyncio.Task[None] | None = None
 
@@ -122,18 +119,9 @@ class StoryflowWorker(Worker):
                 executor.metrics.restore(flushed)
                 raise
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # arq would re-check each of its own running jobs with WATCH/EXISTS/ZSCORE on every poll.
-        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
-
-    async def finish_job(self, job_id: str, *args: Any) -> None:
-        # arq deletes the job and its queue entry here; a run queued again meanwhile must get them back.
-        await super().finish_job(job_id, *args)
+    async def job_finished(self, job_id: str) -> None:
+        # A run queued again while arq was finishing its last job gets its job back.
         await self.ctx["executor"].rearm_if_needed(job_id)
-
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
-        self._slot_freed.set()
 
     def request_stop(self) -> None:
         """Graceful stop (SIGTERM, Ctrl-C): take no new runs, let in-flight ones finish within the grace."""
@@ -148,19 +136,6 @@ class StoryflowWorker(Worker):
             if await self._retry_redis(self._iterate):
                 break
         await self._finish_in_flight()
-
-    async def close(self) -> None:
-        """arq's close with each Redis step bounded: a stop takes the grace plus CLOSE_BUDGET_S at most."""
-        if not self._pool:
-            return
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(CLOSE_BUDGET_S):
-                await self.pool.delete(self.health_check_key)
-                if self.on_shutdown:
-                    await self.on_shutdown(self.ctx)
-        await self.pool.close(close_connection_pool=True)
-        self._pool = None
 
     async def _finish_in_flight(self) -> None:
         """Wait up to the grace period; runs still going are then handed back to the queue at once."""
@@ -195,7 +170,7 @@ class StoryflowWorker(Worker):
                 delay = min(delay * 2, 2.0)
 
     async def _iterate(self) -> bool:
-        await self._poll_iteration()
+        await self.poll_once()
         if self.burst and await self._burst_finished():
             return True
         await self._wait_for_work()
@@ -216,9 +191,9 @@ class StoryflowWorker(Worker):
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             await self.pool.blpop([keys.WAKE_LIST], timeout=timeout)  # type: ignore[arg-type,misc]
             return
-        self._slot_freed.clear()
+        self.slot_freed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._slot_freed.wait(), timeout)
+            await asyncio.wait_for(self.slot_freed.wait(), timeout)
 
 
 def build_worker(settings: Settings, *, burst: bool = False) -> StoryflowWorker:

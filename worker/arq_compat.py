@@ -1,0 +1,64 @@
+"""Every place storyflow reaches into arq's internals, and why. arq is pinned to the tested range in
+pyproject.toml; tests/test_arq_compat.py fails loudly when a release moves any of these.
+
+- `_poll_iteration()`: one poll of the queue. storyflow runs its own loop around it (`main`),
+  to block on a wake-up list between polls and to outlive Redis outages, where arq's loop exits.
+- `start_jobs(job_ids)`: arq re-checks each of its own running jobs with WATCH/EXISTS/ZSCORE on
+  every poll; the override skips the jobs this worker already runs.
+- `finish_job(job_id, ...)`: arq deletes a finished job's payload and queue entry; a run queued
+  again meanwhile (a person answered, a retry) gets them back right after (`job_finished`).
+- `_release_sem_dec_counter_on_complete()`: called when a job frees its slot; it wakes the loop
+  that waits for a slot instead of polling.
+- `in_progress_timeout_s`: arq's in-progress marker doubles as the run's lease, so it expires
+  with the lease (STORYFLOW_LEASE_SECONDS), not after the largest job timeout.
+- `close()`: arq's, with every Redis step bounded, so a stop ends on time with Redis away.
+- arq's key names (`arq.constants`) are imported by infra/keys.py, for the Lua scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from arq.worker import Worker
+from redis.exceptions import RedisError
+
+CLOSE_BUDGET_S = 2.0  # the last heartbeat, deregistering, closing connections
+
+
+class ArqCompat(Worker):
+    def __init__(self, *args: Any, lease_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = lease_s
+        self.slot_freed = asyncio.Event()
+
+    async def poll_once(self) -> None:
+        await self._poll_iteration()
+
+    async def job_finished(self, job_id: str) -> None:
+        """After arq has finished a job (deleted its payload and queue entry); for subclasses."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+
+    async def finish_job(self, job_id: str, *args: Any) -> None:
+        await super().finish_job(job_id, *args)
+        await self.job_finished(job_id)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.slot_freed.set()
+
+    async def close(self) -> None:
+        """arq's close with each Redis step bounded: a stop takes the grace plus CLOSE_BUDGET_S at most."""
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_BUDGET_S):
+                await self.pool.delete(self.health_check_key)
+                if self.on_shutdown:
+                    await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
