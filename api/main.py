@@ -14,6 +14,7 @@ from api.event_fanout import EventFanout
 from api.routes import docs, events, flows, health, memory, metrics, runs, steps, workers
 from api.routes.swagger import mount_swagger
 from api.waiting import FinishedRuns
+from infra import VERSION
 from infra.redis import create_redis
 from infra.settings import Settings
 from runs.store import RunStore
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.redis.aclose()
 
     app = FastAPI(
-        title="storyflow", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+        title="storyflow", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
         max_body_size=settings.max_body_bytes,  # 413 whether the body has a Content-Length or comes chunked
     )  # fmt: skip
     install_error_handlers(app)

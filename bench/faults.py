@@ -9,7 +9,13 @@ Scenarios (each on a fresh private Redis with an append-only file, one API, two 
 
 Per scenario: runs submitted (each got a 202), complete, failed, lost (no terminal state within the
 time limit), duplicated memory writes (stories whose analyst memory counts more than one commit;
-each run has a story of its own) and seconds from the fault until every run was terminal.
+each run has a story of its own), LLM calls repeated, and seconds from the fault until every run
+was terminal.
+
+The workers call a loopback OpenAI-compatible server (tests/support/fake_openai.py, 0.25 s a call,
+two calls a run), which counts the calls: "repeated" is every call beyond two per complete run.
+"without checkpoints" is what a new attempt starting from the first node would have repeated: the
+steps of taken-over runs finished by an earlier attempt.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ import orjson
 
 from bench.harness import TENANT, BenchError, HttpConnection, Stack, job_ids, post_runs, run_body, run_load, wait_until
 from infra import keys
+from tests.support.fake_openai import FakeOpenAI, Reply
 
 TERMINAL = ("complete", "failed", "cancelled")
+FAKE = FakeOpenAI()
 RECOVERY_LIMIT_S = 120.0
-WORKER_ENV = {"STORYFLOW_ECHO_DELAY": "0.5"}
+LLM_CALL_S = 0.25
+WORKER_ENV: dict[str, str] = {}  # the fake provider's address, set in main()
 
 
 @dataclass
@@ -41,6 +50,8 @@ class Outcome:
     lost: int
     duplicated: int
     recover_s: float
+    repeated: int = 0
+    without_checkpoints: int = 0
     note: str = ""
 
 
@@ -71,13 +82,19 @@ async def settle(stack: Stack, ids: list[str], since: float) -> float:
 async def outcome(stack: Stack, name: str, ids: list[str], stories: list[str], recover_s: float) -> Outcome:
     statuses = await stack.probe.statuses(ids)
     async with stack.probe.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keys.run(TENANT, job_id), ["attempts", "steps"])
+        records = [(orjson.loads(a), orjson.loads(s)) for a, s in await pipe.execute()]
+    earlier = sum(1 for attempts, steps in records for step in steps if step["attempt"] < attempts)
+    async with stack.probe.redis.pipeline(transaction=False) as pipe:
         for story in stories:
             pipe.hget(keys.agent_memory(TENANT, story, "analyst"), "runs")
         commits = [orjson.loads(raw) if raw else 0 for raw in await pipe.execute()]
     terminal = sum(statuses[status] for status in TERMINAL)
+    repeated = max(0, len(FAKE.requests) - 2 * statuses["complete"])
     return Outcome(
         name, len(ids), statuses["complete"], statuses["failed"], len(ids) - terminal,
-        sum(1 for count in commits if count > 1), recover_s,
+        sum(1 for count in commits if count > 1), recover_s, repeated, earlier,
     )  # fmt: skip
 
 
@@ -127,13 +144,13 @@ async def probe_api(port: int, seconds: float) -> dict[int, int]:
 def table(outcomes: list[Outcome]) -> str:
     lines = [
         "| scenario | runs submitted (202) | complete | failed | lost | duplicated memory writes "
-        "| seconds from fault to all finished | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| LLM calls repeated | without checkpoints | seconds from fault to all finished | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for o in outcomes:
         lines.append(
             f"| {o.scenario} | {o.submitted} | {o.complete} | {o.failed} | {o.lost} | {o.duplicated} "
-            f"| {o.recover_s:.1f} | {o.note} |"
+            f"| {o.repeated} | {o.without_checkpoints} | {o.recover_s:.1f} | {o.note} |"
         )
     return "\n".join(lines)
 
@@ -144,10 +161,20 @@ async def main(runs: int) -> list[Outcome]:
         lambda stack: redis_fault(stack, runs, 1.0, "Redis kill -9"),
         lambda stack: redis_fault(stack, runs, 3.0, "Redis outage"),
     ]
+    FAKE.always(Reply(delay=LLM_CALL_S))
+    FAKE.start()
+    WORKER_ENV.update(
+        STORYFLOW_LLM_PROVIDER="openai", STORYFLOW_LLM_BASE_URL=FAKE.base_url, STORYFLOW_LLM_MODEL="bench",
+        STORYFLOW_LLM_TIMEOUT="30",
+    )  # fmt: skip
     outcomes = []
-    for scenario in scenarios:
-        async with Stack.open() as stack:
-            outcomes.append(await scenario(stack))
+    try:
+        for scenario in scenarios:
+            FAKE.requests.clear()
+            async with Stack.open() as stack:
+                outcomes.append(await scenario(stack))
+    finally:
+        FAKE.stop()
     return outcomes
 
 

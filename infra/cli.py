@@ -1,4 +1,9 @@
-"""The `storyflow` command: run the service (up, api, worker) and talk to it (client.cli)."""
+"""The `storyflow` command: run the service (up, api, worker) and talk to it (client.cli).
+
+The contract puts the CLI with the shared plumbing; it imports the server's packages (agents,
+worker, api) only inside the commands that run them, so `infra` stays at the bottom of the graph
+for everything else.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from client.cli import register as register_client_commands
 from infra.embedded_redis import die_with_parent
 from infra.settings import Settings
 
@@ -193,15 +199,8 @@ def _raise_interrupt() -> None:
     raise KeyboardInterrupt
 
 
-def _register_client_commands() -> None:
-    try:
-        from client.cli import register
-    except ImportError:  # the client package is optional at this layer
-        return
-    register(app)
-
-
-_register_client_commands()
+# The client's commands (submit, status, runs, ...): the client package ships with the service.
+register_client_commands(app)
 
 if __name__ == "__main__":
     app()

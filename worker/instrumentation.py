@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agents.llm import Completion, LLMClient, OnText, Prompt
+from agents.llm.resilient import ResilientLLM
 from infra.metrics import LocalMetrics
 
 
@@ -13,6 +14,8 @@ class MeteredLLM:
         self.inner = inner
         self.metrics = metrics
         self.provider, self.model = inner.provider, inner.model
+        if isinstance(inner, ResilientLLM):
+            inner.on_wait = self._waited
 
     async def complete(self, prompt: Prompt, on_text: OnText | None = None) -> Completion:
         self.metrics.inc("storyflow_llm_calls_total", provider=self.provider)
@@ -21,6 +24,9 @@ class MeteredLLM:
         except Exception:
             self.metrics.inc("storyflow_llm_errors_total", provider=self.provider)
             raise
+
+    def _waited(self, seconds: float) -> None:
+        self.metrics.inc("storyflow_llm_wait_seconds_total", seconds, model=self.model)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

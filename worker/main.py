@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.llm import create_llm
 from agents.registry import load_catalog
-from infra import keys
+from infra import VERSION, keys
 from infra.redis import BLOCK_CHUNK_S, create_redis, dumps_job, loads_job
 from infra.settings import Settings
 from infra.timeutil import now_ms
@@ -30,7 +30,6 @@ from worker.executor import FlowExecutor
 
 logger = logging.getLogger("storyflow.worker")
 HEARTBEAT_S = 2.0
-VERSION = "0.1.0"
 
 
 async def run_flow(ctx: dict[str, Any], tenant: str, job_id: str, story_id: str, flow: str) -> str:

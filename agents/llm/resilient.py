@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agents.llm import Completion, LLMClient, OnText, Prompt, TransientLLMError
@@ -47,8 +48,8 @@ class ResilientLLM:
             self.limiter = FleetRateLimiter(
                 redis, inner.model, rpm=settings.llm_rpm, tpm=settings.llm_tpm, window_s=settings.llm_rate_window
             )
-        self.waited_s = 0.0  # time calls spent waiting for the rate limit (a counter for metrics)
         self.requests = 0  # HTTP requests sent, retries included
+        self.on_wait: Callable[[float], None] | None = None  # told each wait for the rate limit (metrics)
 
     async def complete(self, prompt: Prompt, on_text: OnText | None = None) -> Completion:
         sent_text = False
@@ -85,7 +86,8 @@ class ResilientLLM:
         if reservation.wait_s > 0:
             started = time.monotonic()
             await asyncio.sleep(reservation.wait_s)
-            self.waited_s += time.monotonic() - started
+            if self.on_wait is not None:
+                self.on_wait(time.monotonic() - started)
         self.requests += 1
         try:
             completion = await self.inner.complete(prompt, on_text)

@@ -23,6 +23,8 @@ HELP = {
     "storyflow_run_retries_total": "Attempts after the first (worker crash or lost lease), by flow.",
     "storyflow_llm_calls_total": "LLM calls, by provider.",
     "storyflow_llm_errors_total": "LLM calls that raised, by provider.",
+    "storyflow_llm_tokens_total": "Tokens of LLM calls that returned, by provider, model, agent and kind.",
+    "storyflow_llm_wait_seconds_total": "Time LLM calls waited for the fleet's rate limit, by model.",
     "storyflow_run_duration_seconds": "Wall time of one attempt of a run, by flow and outcome.",
     "storyflow_node_duration_seconds": "Wall time of one agent step, by flow and node.",
 }

@@ -11,7 +11,7 @@ import pytest
 from bench.report import TABLE_HEADER
 from bench.scenarios import SCENARIOS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIO_NAMES = [
     "1. raw arq throughput",
