@@ -28,7 +28,7 @@ UNIT_MODULES = {"test_units.py", "test_arq_compat.py", "test_cli_client.py", "te
 # Integration modules that take long (fuzzing, rate-limit windows, timeouts): left out of `-m fast`.
 SLOW_MODULES = {
     "test_fuzz.py", "test_llm_limits.py", "test_tls_redis.py", "test_retention.py", "test_event_streams.py",
-    "test_processes.py", "test_openai_llm.py", "test_client_wait.py", "test_http_limits.py",
+    "test_processes.py", "test_openai_llm.py", "test_client_wait.py", "test_http_limits.py", "test_llm_stream.py",
 }  # fmt: skip
 PROCESS_MODULES = {"test_up.py", "test_cli_e2e.py"}  # they start `storyflow` commands themselves
 

@@ -6,12 +6,14 @@
 -- {'gone'}, {'skip', status}, {'exhausted'}.
 local a = FIRST_ARG
 local token, lease_ms, max_attempts, first, first_step = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
-local raw = redis.call('HGET', R.record, 'status')
-if not raw then return {'gone'} end
-local status = cjson.decode(raw)
+-- One read of everything the attempt needs, one write of what it changes.
+local f = redis.call('HMGET', R.record, 'status', 'retry_base', 'checkpoint', 'progress', 'flow', 'story_id',
+  'input', 'steps', 'usage', 'trail')
+if not f[1] then return {'gone'} end
+local status = cjson.decode(f[1])
 if status ~= 'queued' and status ~= 'in_progress' then return {'skip', status} end
 local attempts = redis.call('HINCRBY', R.record, 'attempts', 1)
-local base = tonumber(redis.call('HGET', R.record, 'retry_base') or '0')
+local base = tonumber(f[2] or '0')
 if attempts - base > max_attempts then
   local err = cjson.encode({type = 'attempts_exhausted', message =
     'the run was interrupted ' .. (attempts - base - 1) .. ' times (worker crash or lost lease); giving up'})
@@ -21,17 +23,18 @@ if attempts - base > max_attempts then
 end
 redis.call('SET', R.lease, token, 'PX', lease_ms)
 redis.call('PEXPIRE', R.in_progress, lease_ms)
-redis.call('HSET', R.record, 'status', '"in_progress"', 'started_at', R.now_iso, 'result', 'null', 'error', 'null')
-emit(R.events, 'started', cjson.encode({attempt = attempts}))
-local checkpoint = redis.call('HGET', R.record, 'checkpoint') or ''
+local checkpoint = f[3] or ''
 if checkpoint == 'null' then checkpoint = '' end
+local fields = {'status', '"in_progress"', 'started_at', R.now_iso, 'result', 'null', 'error', 'null'}
+local progress, steps = f[4], f[8]
 if checkpoint == '' and first ~= '' then
-  local progress = cjson.decode(redis.call('HGET', R.record, 'progress'))
   local step = first_step .. ',"attempt":' .. attempts .. ',"started_at":' .. R.now_iso .. '}'
   -- Built by hand: cjson would encode the empty `done` list as {}.
-  redis.call('HSET', R.record, 'progress', '{"done":[],"current":' .. cjson.encode(first) .. ',"total":' ..
-    progress.total .. '}', 'steps', '[' .. step .. ']', 'outputs', '{}')
-  emit(R.events, 'node_started', cjson.encode({node = first}))
+  progress = '{"done":[],"current":' .. cjson.encode(first) .. ',"total":' .. cjson.decode(progress).total .. '}'
+  steps = '[' .. step .. ']'
+  for _, v in ipairs({'progress', progress, 'steps', steps, 'outputs', '{}'}) do fields[#fields + 1] = v end
 end
-local f = redis.call('HMGET', R.record, 'flow', 'story_id', 'input', 'steps', 'usage', 'trail', 'progress')
-return {'run', attempts, f[1], f[2], f[3], checkpoint, f[4], f[5], f[6] or '', f[7]}
+redis.call('HSET', R.record, unpack(fields))
+emit(R.events, 'started', cjson.encode({attempt = attempts}))
+if checkpoint == '' and first ~= '' then emit(R.events, 'node_started', cjson.encode({node = first})) end
+return {'run', attempts, f[5], f[6], f[7], checkpoint, steps, f[9], f[10] or '', progress}

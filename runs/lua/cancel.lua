@@ -10,5 +10,6 @@ else
   redis.call('ZREM', R.arq_queue, R.job_id)
   redis.call('DEL', R.arq_job)
 end
-finish('cancelled', '{}', {'status', '"cancelled"', 'finished_at', R.now_iso, 'result', 'null', 'awaiting', 'null'})
+finish('cancelled', '{}', {'status', '"cancelled"', 'finished_at', R.now_iso, 'result', 'null', 'awaiting', 'null'},
+  status == 'awaiting_input')
 return 'cancelled'

@@ -68,12 +68,12 @@ local function holds_lease(token)
 end
 
 -- The run has ended (complete, failed, cancelled): record it, tell waiters, let the story's next run go.
-local function finish(event, data, fields)
+local function finish(event, data, fields, was_awaiting)
   local flow = cjson.decode(redis.call('HGET', R.record, 'flow'))
   redis.call('HINCRBYFLOAT', R.metrics, 'storyflow_runs_finished_total|flow=' .. flow .. ',status=' .. event, 1)
   redis.call('DEL', R.lease)
   redis.call('SREM', R.active, R.job_id)
-  redis.call('ZREM', R.awaiting, R.member)
+  if was_awaiting then redis.call('ZREM', R.awaiting, R.member) end
   redis.call('HSET', R.record, unpack(fields))
   redis.call('EXPIRE', R.record, R.ttl)
   emit(R.events, event, data)

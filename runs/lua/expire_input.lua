@@ -7,5 +7,5 @@ end
 if not deadline or tonumber(deadline) > R.now_ms then return 0 end
 local err = ARGV[FIRST_ARG]
 finish('failed', cjson.encode({error = cjson.decode(err)}), {'status', '"failed"', 'finished_at', R.now_iso,
-  'error', err, 'result', 'null', 'awaiting', 'null'})
+  'error', err, 'result', 'null', 'awaiting', 'null'}, true)
 return 1
