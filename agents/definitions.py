@@ -40,9 +40,10 @@ from pydantic import (
 
 from agents.base import Agent
 from agents.graph import DEFAULT_MAX_VISITS, FlowGraph, NodeSpec, straight_line
+from infra.keys import ID_PATTERN
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-DocId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+DocId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 BUILTIN_DIR = Path(__file__).parent / "definitions"
 FLOWS_FILE = "flows.yaml"
 

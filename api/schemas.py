@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+from infra.keys import ID_PATTERN, JOB_ID_PATTERN
+
+__all__ = ["ID_PATTERN", "JOB_ID_PATTERN"]  # the routes take them from here, with the models
 
 
 def _encodable(value: str) -> str:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from arq import constants as arq_constants
 
+# The names that reach keys: none can hold ':', so no name reaches into another's keys.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # story and document ids
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
 PREFIX = "sf"
 
 # arq's own keys (its queue, job payloads, in-progress markers, abort set): arq's names, from arq.

@@ -11,7 +11,9 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+from infra import keys
+
+TENANT_PATTERN = re.compile(keys.TENANT_PATTERN)
 DEFAULT_TENANT = "default"
 
 PositiveInt = Annotated[int, Field(gt=0)]

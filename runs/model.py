@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-# Story and document ids; none can hold ':', so no id reaches into another's keys.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+from infra.keys import JOB_ID_PATTERN
+
 JOB_ID = re.compile(JOB_ID_PATTERN)
 
 

@@ -43,6 +43,8 @@ ROUTES = [
     ("GET", "/memory/story-1", None),
     ("DELETE", "/memory/story-1", None),
     ("GET", "/readyz", None),
+    ("POST", "/run/" + "0" * 32 + "/retry", None),
+    ("POST", "/run/" + "0" * 32 + "/input", {"action": "approve"}),
 ]
 
 
@@ -86,6 +88,10 @@ async def test_another_tenants_things_answer_404_like_missing_ones(
         assert theirs.status_code == nobody.status_code == 404
         assert theirs.json() == {"detail": theirs.json()["detail"]} == {"detail": nobody.json()["detail"]}
     assert (await http.delete(f"/run/{job_id}", headers=EVIL)).status_code == 404
+    for action, body in (("retry", None), ("input", {"action": "approve"})):
+        theirs = await http.post(f"/run/{job_id}/{action}", json=body, headers=EVIL)
+        nobody = await http.post(f"/run/{missing}/{action}", json=body, headers=EVIL)
+        assert theirs.status_code == nobody.status_code == 404 and theirs.json() == nobody.json()
     assert (await http.delete("/docs/prd", headers=EVIL)).status_code == 404
     assert (await http.delete("/memory/story-1", headers=EVIL)).status_code == 404
     assert (await http.get("/runs", headers=EVIL)).json() == []

@@ -14,7 +14,7 @@ from agents.registry import Catalog
 from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from api.errors import EscapedJSONResponse, error_responses, unavailable, validation_error
 from api.routing import StrictJSONRoute
-from api.schemas import JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
+from api.schemas import ID_PATTERN, JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
 from infra.settings import Settings
 from memory.store import missing_documents
 from runs.model import SubmitOutcome
@@ -127,7 +127,7 @@ async def list_runs(
     response: Response,
     tenant: TenantDep,
     store: StoreDep,
-    story_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = None,
+    story_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     run_status: Annotated[RunStatusName | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,15 +12,6 @@ from tests.conftest import Processes, api_client, make_settings, wait_for
 
 pytestmark = [pytest.mark.timeout(120)]
 TERMINAL = {"complete", "failed", "cancelled"}
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own, so it can be killed and restarted."""
-    redis = EmbeddedRedis(tmp_path / "redis")
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 async def submit_many(client: httpx.AsyncClient, count: int) -> list[str]:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ pytestmark = [pytest.mark.timeout(90)]
 GRACE_S = 2.0
 CLOSE_BUDGET_S = 2.0  # worker/main.py
 SLACK_S = 3.0  # interpreter exit, a loaded CI machine
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    redis = EmbeddedRedis(tmp_path / "redis")
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 async def exited_within(process: object, seconds: float) -> float:
