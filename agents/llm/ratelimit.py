@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from infra import keys
 
 _SCRIPTS = files("agents.llm")
+MIN_MARGIN_MS = 250
 
 
 def _script(name: str) -> str:
@@ -39,8 +40,10 @@ class FleetRateLimiter:
     def __init__(self, redis: Redis, model: str, *, rpm: int, tpm: int, window_s: float) -> None:
         self.rpm, self.tpm = rpm, tpm
         self.window_ms = int(window_s * 1000)
-        # Arrival at the provider lags the reservation by a varying few ms (a new connection: tens of ms).
-        self.margin_ms = max(100, self.window_ms // 100)
+        # The provider counts arrivals, which lag reservations by a varying time: a few ms on a warm
+        # connection, 100 ms and more on a worker's first call (TLS, a new client). The margin keeps a
+        # call's window clear of that, at 1 % of the rate on a minute's window.
+        self.margin_ms = max(MIN_MARGIN_MS, self.window_ms // 100)
         self._keys = [keys.llm_calls(model), keys.llm_tokens(model), keys.llm_pause(model)]
         self._reserve = redis.register_script(_script("ratelimit.lua"))
         self._settle = redis.register_script(_script("ratelimit_settle.lua"))
