@@ -236,3 +236,17 @@ async def test_a_run_awaiting_input_survives_api_and_worker_restarts(
         return not await redis.zcard(keys.AWAITING)
 
     await wait_for(nothing_left)
+
+
+async def test_an_answered_run_goes_on_at_once_not_at_the_next_poll(
+    redis_url: str, redis: Redis, background_worker_factory: Any
+) -> None:
+    settings = make_settings(redis_url, poll_interval=10)  # a missed wake-up would cost 10 s
+    await background_worker_factory(settings)
+    async for client in api_client(settings):
+        await put_docs(client)
+        job_id = await run_flow(client, "story_approval", "Saved cards.")
+        await awaiting(client, job_id)
+        await client.post(f"/run/{job_id}/input", json={"action": "approve"})
+        run = await until_status(client, job_id, "complete", "failed", timeout=3)
+    assert run["status"] == "complete"

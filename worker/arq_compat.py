@@ -40,7 +40,13 @@ class ArqCompat(Worker):
         """After arq has finished a job (deleted its payload and queue entry); for subclasses."""
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+        # Skip only jobs still running here: a finished one waits in `tasks` for arq's cleanup, and the
+        # same job id may be queued again by then (a person answered, a retry).
+        await super().start_jobs([job_id for job_id in job_ids if not self._running_here(job_id.decode())])
+
+    def _running_here(self, job_id: str) -> bool:
+        task = self.tasks.get(job_id)
+        return task is not None and not task.done()
 
     async def finish_job(self, job_id: str, *args: Any) -> None:
         await super().finish_job(job_id, *args)
