@@ -248,5 +248,5 @@ async def test_an_answered_run_goes_on_at_once_not_at_the_next_poll(
         job_id = await run_flow(client, "story_approval", "Saved cards.")
         await awaiting(client, job_id)
         await client.post(f"/run/{job_id}/input", json={"action": "approve"})
-        run = await until_status(client, job_id, "complete", "failed", timeout=3)
+        run = await until_status(client, job_id, "complete", "failed", timeout=1.0)  # an idle loop waits 2 s
     assert run["status"] == "complete"
