@@ -16,8 +16,6 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import orjson
-
 PREVIEW_CHARS = 200
 
 
@@ -86,7 +84,3 @@ def progress_of(steps: list[dict[str, Any]], total: int, current: str | None = N
 
 def outputs_of(steps: list[dict[str, Any]]) -> dict[str, str]:
     return {s["node"]: s["output"] for s in steps if s["status"] == "complete" and s["output"] is not None}
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()

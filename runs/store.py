@@ -282,10 +282,6 @@ class RunStore:
         args = [awaiting_raw, payload, ARQ_JOB_TTL_MS, *_counted(_pairs(fields)), *_counted(_events(events))]
         return str((await self._call("answer", tenant, job_id, story_id, args)).decode())
 
-    async def awaiting_raw(self, tenant: str, job_id: str) -> str | None:
-        raw = await self.redis.hget(keys.run(tenant, job_id), "awaiting")  # type: ignore[misc]
-        return None if raw is None else raw.decode()
-
     async def expire_inputs(self) -> int:
         """Fail the runs that awaited input past their deadline; returns how many."""
         due = await self.redis.zrangebyscore(keys.AWAITING, "-inf", now_ms(), start=0, num=EXPIRED_BATCH)
