@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from infra.redis import BLOCK_CHUNK_S, create_redis
+from infra.redis import BLOCK_CHUNK_S, Backoff, create_redis
 
 logger = logging.getLogger("storyflow.api")
 READ_COUNT = 500  # entries per stream per read
@@ -101,18 +101,18 @@ class EventFanout:
                 await self.pool.client_unblock(self._reader_id)
 
     async def _read_forever(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._read_once()
-                delay = 0.1
+                backoff.reset()
             except (RedisError, OSError) as exc:
                 self._reader_id = None
                 if self._stopping:
                     return
+                delay = backoff.next()
                 logger.warning("event reader lost Redis (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def _read_once(self) -> None:
         if not self._subscriptions:

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from infra import keys
+from infra.redis import Backoff
 from runs.model import STOPPED
 
 logger = logging.getLogger("storyflow.api")
@@ -65,12 +66,12 @@ class FinishedRuns:
                 woken.set_result(None)
 
     async def _listen_forever(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while not self._stopping:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.FINISHED_CHANNEL)
-                    delay = 0.1
+                    backoff.reset()
                     while not self._stopping:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=STOP_CHECK_S)
                         if message is not None:
@@ -78,6 +79,6 @@ class FinishedRuns:
             except (RedisError, OSError) as exc:
                 if self._stopping:
                     return
+                delay = backoff.next()
                 logger.warning("finished-runs subscription lost (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)

@@ -13,6 +13,21 @@ SOCKET_TIMEOUT_S = 5.0
 BLOCK_CHUNK_S = 2.0
 
 
+class Backoff:
+    """Delays between tries to reach Redis again: 0.1 s, doubling, at most `cap`."""
+
+    def __init__(self, cap: float = 2.0, first: float = 0.1) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
 def _exception_as_text(value: Any) -> str:
     # arq serializes a job's "result" when it drops the job, and for an aborted one that is the
     # CancelledError: written as text instead of a traceback in the worker's log.

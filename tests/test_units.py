@@ -143,3 +143,12 @@ async def test_document_store_round_trip() -> None:
     assert await store.missing_documents(redis, "other", ["prd"]) == ["prd"]
     assert await store.delete_document(redis, "t", "prd")
     assert await store.get_document(redis, "t", "prd") is None
+
+
+def test_backoff_doubles_to_its_cap_and_starts_again_after_a_success() -> None:
+    from infra.redis import Backoff
+
+    backoff = Backoff(cap=1.0)
+    assert [backoff.next() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.next() == 0.1

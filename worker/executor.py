@@ -22,6 +22,7 @@ from agents.context import SHARED_KEY, AwaitInput, RunInterrupted, StepFailed
 from agents.llm import LLMClient
 from agents.registry import Catalog, FlowSpec
 from infra.metrics import LocalMetrics
+from infra.redis import Backoff
 from infra.settings import Settings
 from infra.timeutil import now_iso
 from memory.store import StoryContext, queue_story_context_reads, story_context_from
@@ -130,15 +131,14 @@ class FlowExecutor:
 
     async def _hand_back_when_redis_returns(self, attempt: Attempt) -> None:
         """Give the run back as soon as Redis answers again, rather than letting its lease run out."""
-        delay = 0.1
+        backoff = Backoff(cap=1.0)
         deadline = time.monotonic() + self.settings.lease_seconds
         while time.monotonic() < deadline:
             try:
                 await self.store.requeue(attempt)
                 return
             except (RedisConnectionError, RedisTimeoutError):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await asyncio.sleep(backoff.next())
 
     async def _keep_lease(self, attempt: Attempt, run: asyncio.Task[Any], lease_lost: asyncio.Event) -> None:
         while True:

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agents.llm import create_llm
 from agents.registry import load_catalog
 from infra import VERSION, keys
-from infra.redis import BLOCK_CHUNK_S, create_redis, dumps_job, loads_job
+from infra.redis import BLOCK_CHUNK_S, Backoff, create_redis, dumps_job, loads_job
 from infra.settings import Settings
 from infra.timeutil import now_ms
 from runs.store import RUN_FUNCTION, RunStore
@@ -152,7 +152,7 @@ class StoryflowWorker(ArqCompat):
 
     async def _retry_redis(self, step: Any) -> bool:
         """Run `step` until Redis answers; True (done) as soon as a stop is asked for while it is away."""
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 return bool(await step())
@@ -163,10 +163,10 @@ class StoryflowWorker(ArqCompat):
                     raise asyncio.CancelledError from exc
                 if self._stop.is_set():
                     return True  # what could not be handed back is recovered by its lease, as after a crash
+                delay = backoff.next()
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, 2.0)
 
     async def _iterate(self) -> bool:
         await self.poll_once()
