@@ -55,6 +55,7 @@ class EventFanout:
         self._blocked = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._wakers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read_forever())
@@ -78,7 +79,9 @@ class EventFanout:
         subscription = Subscription(stream, tenant, after)
         self._subscriptions[stream].add(subscription)
         self._changed.set()
-        asyncio.get_running_loop().create_task(self._wake_reader())
+        waking = asyncio.get_running_loop().create_task(self._wake_reader())
+        self._wakers.add(waking)  # a task nobody refers to may be collected before it runs
+        waking.add_done_callback(self._wakers.discard)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
