@@ -43,17 +43,17 @@ STATUS_STYLES = {
 
 @dataclass(frozen=True)
 class ClientFactory:
-    """Builds the clients the commands use; tests pass transports that stand in for the server."""
+    """Builds the clients the commands use; tests pass a transport that stands in for the server (both
+    faces run the async client, so one async transport, e.g. httpx.MockTransport, serves them)."""
 
-    transport: httpx.BaseTransport | None = None
-    async_transport: httpx.AsyncBaseTransport | None = None
+    transport: httpx.AsyncBaseTransport | None = None
     poll_schedule: PollSchedule | None = None
 
     def sync(self, url: str, api_key: str | None) -> StoryflowClient:
         return StoryflowClient(url, api_key, transport=self.transport, poll_schedule=self.poll_schedule)
 
     def asynchronous(self, url: str, api_key: str | None) -> AsyncStoryflowClient:
-        return AsyncStoryflowClient(url, api_key, transport=self.async_transport, poll_schedule=self.poll_schedule)
+        return AsyncStoryflowClient(url, api_key, transport=self.transport, poll_schedule=self.poll_schedule)
 
 
 def register(app: typer.Typer, factory: ClientFactory | None = None) -> None:

@@ -1,30 +1,27 @@
-"""Blocking client for the storyflow HTTP API."""
+"""Blocking client for the storyflow HTTP API: the async client's code, run for you.
+
+There is one implementation of the protocol, `AsyncStoryflowClient` (with client/_protocol.py);
+this face runs it on an event loop of its own in a helper thread (anyio's blocking portal), so
+both faces behave the same by construction, timeouts included. Do not call it from inside a
+running event loop: use `AsyncStoryflowClient` there.
+"""
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from collections.abc import Generator
-from contextlib import closing
+from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar
 
 import httpx
-import httpx_sse
+from anyio.from_thread import start_blocking_portal
 
 from client import _protocol as protocol
-from client.errors import StoryflowError, WaitTimeout, error_from_response, error_from_transport
-from client.models import (
-    BatchItem,
-    DocInfo,
-    Document,
-    DocWritten,
-    FlowInfo,
-    RunEvent,
-    RunRecord,
-    SubmitResult,
-)
+from client.async_client import AsyncStoryflowClient
+from client.models import BatchItem, DocInfo, Document, DocWritten, FlowInfo, RunEvent, RunRecord, SubmitResult
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class StoryflowClient:
@@ -35,15 +32,16 @@ class StoryflowClient:
         *,
         timeout: float = protocol.DEFAULT_TIMEOUT,
         poll_schedule: protocol.PollSchedule | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,  # an httpx.MockTransport serves both faces
     ) -> None:
-        self.poll_schedule = poll_schedule or protocol.PollSchedule()
-        self._http = httpx.Client(
-            base_url=base_url,
-            headers=protocol.default_headers(api_key),
-            timeout=timeout,
-            transport=transport,
+        self._portal_context = start_blocking_portal()
+        self._portal = self._portal_context.__enter__()
+        self._async = AsyncStoryflowClient(
+            base_url, api_key, timeout=timeout, poll_schedule=poll_schedule, transport=transport
         )
+
+    def _run(self, method: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._portal.call(partial(method, *args, **kwargs))  # type: ignore[arg-type]
 
     def __enter__(self) -> Self:
         return self
@@ -57,11 +55,16 @@ class StoryflowClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._run(self._async.aclose)
+        self._portal_context.__exit__(None, None, None)
 
     @property
     def base_url(self) -> httpx.URL:
-        return self._http.base_url
+        return self._async.base_url
+
+    @property
+    def poll_schedule(self) -> protocol.PollSchedule:
+        return self._async.poll_schedule
 
     def submit(
         self,
@@ -72,61 +75,56 @@ class StoryflowClient:
         idempotency_key: str | None = None,
         wait: float | None = None,
     ) -> SubmitResult:
-        request = protocol.submit_request(story_id, input, flow, idempotency_key, wait, self._http.timeout)
-        response = self._request(
-            "POST",
-            "/run",
-            json=request.body,
-            headers=request.headers,
-            params=request.params,
-            timeout=request.timeout or self._http.timeout,
-        )
-        return protocol.parse_submit(response)
+        return self._run(self._async.submit, story_id, input, flow, idempotency_key=idempotency_key, wait=wait)
 
     def get(self, job_id: str) -> RunRecord:
-        return protocol.parse_record(self._request("GET", f"/run/{job_id}"))
+        return self._run(self._async.get, job_id)
 
     def cancel(self, job_id: str) -> RunRecord:
-        return protocol.parse_record(self._request("DELETE", f"/run/{job_id}"))
+        return self._run(self._async.cancel, job_id)
 
     def retry(self, job_id: str, from_node: str | None = None) -> RunRecord:
         """Queue a failed or cancelled run again, at the step that stopped it or at `from_node`."""
-        return protocol.parse_record(self._request("POST", f"/run/{job_id}/retry", json=protocol.retry_body(from_node)))
+        return self._run(self._async.retry, job_id, from_node)
 
     def answer(self, job_id: str, action: str, text: str | None = None) -> RunRecord:
         """Answer the human step a run awaits."""
-        return protocol.parse_record(
-            self._request("POST", f"/run/{job_id}/input", json=protocol.input_body(action, text))
-        )
+        return self._run(self._async.answer, job_id, action, text)
 
     def list_runs(
         self, story_id: str | None = None, status: str | None = None, limit: int | None = None
     ) -> list[RunRecord]:
-        params = protocol.runs_query(story_id, status, limit)
-        return protocol.parse_runs(self._request("GET", "/runs", params=params))
+        return self._run(self._async.list_runs, story_id, status, limit)
 
     def batch(self, runs: list[dict[str, Any]]) -> list[BatchItem]:
-        return protocol.parse_batch(self._request("POST", "/runs/batch", json={"runs": runs}))
+        return self._run(self._async.batch, runs)
 
     def flows(self) -> list[FlowInfo]:
-        return protocol.parse_flows(self._request("GET", "/flows"))
+        return self._run(self._async.flows)
 
     def put_doc(self, doc_id: str, content: str) -> DocWritten:
-        response = self._request("PUT", f"/docs/{doc_id}", json={"content": content})
-        return protocol.parse_doc_written(response, doc_id)
+        return self._run(self._async.put_doc, doc_id, content)
 
     def get_doc(self, doc_id: str) -> Document:
-        return protocol.parse_document(self._request("GET", f"/docs/{doc_id}"))
+        return self._run(self._async.get_doc, doc_id)
 
     def list_docs(self) -> list[DocInfo]:
-        return protocol.parse_docs(self._request("GET", "/docs"))
+        return self._run(self._async.list_docs)
 
     def delete_doc(self, doc_id: str) -> None:
-        protocol.raise_for_error(self._request("DELETE", f"/docs/{doc_id}"))
+        self._run(self._async.delete_doc, doc_id)
 
     def events(self, job_id: str, last_event_id: str | None = None) -> Generator[RunEvent, None, None]:
         """The run's events until a terminal one (included) or until the server ends the stream."""
-        return self._events(job_id, last_event_id, deadline=None)
+        events = self._async.events(job_id, last_event_id)
+        try:
+            while True:
+                try:
+                    yield self._run(events.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(events.aclose)
 
     def wait(
         self,
@@ -135,92 +133,9 @@ class StoryflowClient:
         *,
         on_event: protocol.EventCallback | None = None,
     ) -> RunRecord:
-        """Follow the run's events until it finishes, then return its record.
+        """Follow the run's events until it finishes (or awaits a person), then return its record.
 
-        Falls back to polling with backoff when the event stream is unavailable. The stream is read
-        in a helper thread and handed over here, so `timeout` holds even while events keep coming
-        (a blocking read cannot be told the time; the async face has asyncio.timeout for this).
+        Falls back to polling with backoff when the event stream is unavailable; `on_event` is called
+        from the client's helper thread.
         """
-        deadline = protocol.Deadline(timeout)
-        events: queue.Queue[RunEvent | None] = queue.Queue()
-
-        def pump() -> None:
-            try:
-                self._follow_events(job_id, deadline, events.put)
-            finally:
-                events.put(None)
-
-        threading.Thread(target=pump, name=f"storyflow-wait-{job_id}", daemon=True).start()
-        while True:
-            try:
-                event = events.get(timeout=deadline.remaining)
-            except queue.Empty:
-                break
-            if event is None:
-                break
-            if on_event is not None:
-                on_event(event)
-        return self._poll_until_finished(job_id, deadline)
-
-    def _follow_events(self, job_id: str, deadline: protocol.Deadline, on_event: protocol.EventCallback | None) -> None:
-        last_event_id: str | None = None
-        failures = 0
-        while failures < protocol.EVENT_STREAM_RETRIES:
-            try:
-                with closing(self._events(job_id, last_event_id, deadline)) as events:
-                    for event in events:
-                        last_event_id = event.id or last_event_id
-                        failures = 0
-                        if on_event is not None:
-                            on_event(event)
-                        if event.is_terminal:
-                            return
-            except StoryflowError as exc:
-                if exc.status_code is not None or deadline.expired:
-                    return
-            if deadline.expired:
-                return
-            failures += 1
-
-    def _events(
-        self, job_id: str, last_event_id: str | None, deadline: protocol.Deadline | None
-    ) -> Generator[RunEvent, None, None]:
-        try:
-            with httpx_sse.connect_sse(
-                self._http,
-                "GET",
-                f"/run/{job_id}/events",
-                headers=protocol.events_headers(last_event_id),
-                timeout=protocol.stream_timeout(self._http.timeout, deadline),
-            ) as source:
-                if source.response.is_error:
-                    source.response.read()
-                    raise error_from_response(source.response)
-                for sse in source.iter_sse():
-                    if deadline is not None and deadline.expired:
-                        return
-                    event = protocol.event_from_sse(sse)
-                    if event is None:
-                        continue
-                    yield event
-                    if event.is_terminal:
-                        return
-        except httpx.TransportError as exc:
-            raise error_from_transport(exc, self.base_url) from None
-
-    def _poll_until_finished(self, job_id: str, deadline: protocol.Deadline) -> RunRecord:
-        delay = self.poll_schedule.first_delay
-        while True:
-            record = self.get(job_id)
-            if record.is_finished:
-                return record
-            if deadline.expired:
-                raise WaitTimeout(record, deadline.timeout or 0.0)
-            time.sleep(deadline.clamp(delay))
-            delay = self.poll_schedule.next_delay(delay)
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise error_from_transport(exc, self.base_url) from None
+        return self._run(self._async.wait, job_id, timeout, on_event=on_event)

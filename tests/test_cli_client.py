@@ -62,7 +62,7 @@ def record(job_id: str = JOB, status: str = "complete", **fields: Any) -> dict[s
 
 def run_cli(handler: Callable[[httpx.Request], httpx.Response], *args: str, **env: str) -> Result:
     transport = httpx.MockTransport(handler)
-    factory = ClientFactory(transport=transport, async_transport=transport, poll_schedule=PollSchedule(0, 0))
+    factory = ClientFactory(transport=transport, poll_schedule=PollSchedule(0, 0))
     app = typer.Typer()
     register(app, factory)
     return CliRunner().invoke(app, list(args), env={"STORYFLOW_URL": None, "STORYFLOW_API_KEY": None, **env})
