@@ -250,3 +250,13 @@ async def test_an_answered_run_goes_on_at_once_not_at_the_next_poll(
         await client.post(f"/run/{job_id}/input", json={"action": "approve"})
         run = await until_status(client, job_id, "complete", "failed", timeout=1.0)  # an idle loop waits 2 s
     assert run["status"] == "complete"
+
+
+async def test_post_run_wait_answers_when_the_run_awaits_a_person(
+    client: httpx.AsyncClient, background_worker: Any
+) -> None:
+    await put_docs(client)
+    body = {"flow": "story_approval", "story_id": "s1", "input": "Saved cards."}
+    answer = await client.post("/run", json=body, params={"wait": 10})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "awaiting_input" and answer.json()["awaiting"]["node"] == "po"

@@ -143,3 +143,22 @@ async def test_a_cancelled_run_can_be_retried(client: httpx.AsyncClient, process
     assert (await client.post(f"/run/{job_id}/retry", json=body)).status_code == 202
     run = await until_status(client, job_id, "complete", "failed", timeout=20)
     assert run["status"] == "complete" and run["result"] == "[summarizer] [analyst] x"
+
+
+async def test_a_resumed_run_refuses_documents_changed_under_it_and_a_retry_takes_them(
+    client: httpx.AsyncClient, processes: Processes, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.plan(Reply.ok(), Reply.hang(30))  # sm answers, dev's call hangs
+    first = processes.worker(**llm_env(fake_openai))
+    job_id = await start_story(client)
+    await requests_reach(fake_openai, 2)
+    first.send_signal(signal.SIGKILL)
+    assert (await client.put("/docs/prd", json={"content": "the prd, revised"})).status_code == 200
+    processes.worker(**llm_env(fake_openai))
+    run = await until_status(client, job_id, "complete", "failed", timeout=30)
+    assert run["status"] == "failed" and run["error"]["type"] == "documents_changed", run
+    assert "prd" in run["error"]["message"] and calls(fake_openai) == {"sm": 1, "dev": 1, "qa": 0}
+    assert (await client.post(f"/run/{job_id}/retry")).status_code == 202
+    run = await until_status(client, job_id, "complete", "failed", timeout=30)
+    assert run["status"] == "complete", run
+    assert "the prd, revised" in fake_openai.requests[-1].json["messages"][0]["content"]
