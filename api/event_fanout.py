@@ -3,12 +3,17 @@
 A stream (`GET /run/{id}/events`) subscribes with the id of the last event its client has. The
 reader issues one `XREAD BLOCK` over all subscribed run streams, each from the oldest id any of its
 subscribers still needs, and hands each subscriber the entries after its own id: history and live
-events alike, so a resume with Last-Event-ID is exact. A new subscription wakes the blocked reader
-with `CLIENT UNBLOCK` (one command from the shared pool) instead of waiting out the block.
+events alike, so a resume with Last-Event-ID is exact, and after a Redis outage every subscriber
+goes on from its own last id. A new subscription wakes the blocked reader with `CLIENT UNBLOCK`
+(one command from the shared pool) instead of waiting out the block.
 
 So open streams hold no pooled connection each: 2000 of them cost one connection and one command
 at a time, and the pool stays free for every tenant's other requests. A tenant may hold at most
 STORYFLOW_MAX_STREAMS_PER_TENANT of them on this process.
+
+One XREAD over every stream rather than chunks: each read is one round trip whatever the number of
+streams, and under load one read returns the entries of many streams at once. Chunks would need a
+blocked connection each, or polling.
 """
 
 from __future__ import annotations
@@ -16,16 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from infra.redis import BLOCK_CHUNK_S, Backoff, create_redis
+from infra.redis import BLOCK_CHUNK_S, SOCKET_TIMEOUT_S, Backoff
 
 logger = logging.getLogger("storyflow.api")
+READER_NAME = "storyflow-events"
 READ_COUNT = 500  # entries per stream per read
+WAKE_TRIES = 20
+WAKE_RETRY_S = 0.005
 Entry = tuple[str, str, str]  # (event id, event name, JSON data)
 
 
@@ -44,15 +55,26 @@ class Subscription:
 
 
 class EventFanout:
-    def __init__(self, redis_url: str, pool: Redis, max_per_tenant: int) -> None:
+    def __init__(self, redis_url: str, pool: Redis, max_per_tenant: int, *, block_s: float = BLOCK_CHUNK_S) -> None:
         self.pool = pool
         self.max_per_tenant = max_per_tenant
-        self._reader = create_redis(redis_url, max_connections=1)
-        self._reader_id: int | None = None
+        self.block_s = block_s
+        # Only makes the reader's connection (with the URL's TLS, socket and password): never lends one.
+        self._connections = ConnectionPool.from_url(
+            redis_url,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            socket_timeout=block_s + SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+            client_name=f"{READER_NAME}-{os.getpid()}",  # for CLIENT LIST: what this connection is
+        )
+        self._connection: AbstractConnection | None = None
+        self._reader_id: int | None = None  # the connection's CLIENT ID, read right after each connect
         self._subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._open: defaultdict[str, int] = defaultdict(int)
-        self._changed = asyncio.Event()
+        self._reads = 0  # XREADs issued: a wake-up is meant for the one read that lacks the new stream
         self._blocked = False
+        self._waking_read = -1
+        self._changed = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._wakers: set[asyncio.Task[None]] = set()
@@ -61,31 +83,30 @@ class EventFanout:
         self._task = asyncio.create_task(self._read_forever())
 
     async def stop(self) -> None:
+        # No cancel: the read in flight ends within block_s, or at once when woken.
         self._stopping = True
         self._changed.set()
-        await self._wake_reader()
+        await self._wake_reader(self._reads)
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._reader.aclose()
+        await self._disconnect()
 
     def open_streams(self, tenant: str) -> int:
-        return self._open[tenant]
+        return self._open.get(tenant, 0)
 
     def subscribe(self, tenant: str, stream: str, after: str) -> Subscription | None:
         """A subscription, or None when the tenant already holds its share of this process' streams."""
-        if self._open[tenant] >= self.max_per_tenant:
+        if self.open_streams(tenant) >= self.max_per_tenant:
             return None
         self._open[tenant] += 1
         subscription = Subscription(stream, tenant, after)
         self._subscriptions[stream].add(subscription)
         self._changed.set()
-        waking = asyncio.get_running_loop().create_task(self._wake_reader())
-        self._wakers.add(waking)  # a task nobody refers to may be collected before it runs
-        waking.add_done_callback(self._wakers.discard)
+        self._wake_soon()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Idempotent: the stream's end and the response's end may both call it."""
+        """Idempotent. The reader drops the stream at its next read."""
         if subscription.closed:
             return
         subscription.closed = True
@@ -97,11 +118,25 @@ class EventFanout:
         if not followers:
             del self._subscriptions[subscription.stream]
 
-    async def _wake_reader(self) -> None:
-        if self._blocked and self._reader_id is not None:
-            self._blocked = False
+    def _wake_soon(self) -> None:
+        """Ends the read in flight, which lacks the new stream, unless a wake-up for it is on its way."""
+        if not self._blocked or self._waking_read == self._reads:
+            return  # not blocked: the next read, about to be issued, includes the new stream
+        self._waking_read = self._reads
+        waking = asyncio.get_running_loop().create_task(self._wake_reader(self._reads))
+        self._wakers.add(waking)  # a task nobody refers to may be collected before it runs
+        waking.add_done_callback(self._wakers.discard)
+
+    async def _wake_reader(self, read: int) -> None:
+        # CLIENT UNBLOCK travels on another connection than the XREAD, so it can reach Redis first and
+        # unblock nothing: then it is sent again, until that read has ended.
+        for _ in range(WAKE_TRIES):
+            if self._reads != read or not self._blocked or self._reader_id is None:
+                return
             with contextlib.suppress(RedisError, OSError):
-                await self.pool.client_unblock(self._reader_id)
+                if await self.pool.client_unblock(self._reader_id):
+                    return
+            await asyncio.sleep(WAKE_RETRY_S)
 
     async def _read_forever(self) -> None:
         backoff = Backoff()
@@ -110,7 +145,7 @@ class EventFanout:
                 await self._read_once()
                 backoff.reset()
             except (RedisError, OSError) as exc:
-                self._reader_id = None
+                await self._disconnect()
                 if self._stopping:
                     return
                 delay = backoff.next()
@@ -119,24 +154,49 @@ class EventFanout:
 
     async def _read_once(self) -> None:
         if not self._subscriptions:
+            # Idle: no connection held, so an API that serves no stream costs Redis nothing.
+            await self._disconnect()
             self._changed.clear()
             if not self._stopping:  # `stop` sets _stopping, then _changed: seen here or wakes the wait
                 await self._changed.wait()
             return
         self._changed.clear()
-        if self._reader_id is None:  # connected on the first subscription: an API that serves none pays nothing
-            self._reader_id = int(await self._reader.client_id())
+        connection = self._connection or await self._connect()
         cursors = {stream: min((s.last_id for s in subs), key=_id) for stream, subs in self._subscriptions.items()}
+        if not cursors:
+            return  # every subscriber left while connecting
+        self._reads += 1
         self._blocked = True
         try:
-            reply = await self._reader.xread(cursors, block=int(BLOCK_CHUNK_S * 1000), count=READ_COUNT)  # type: ignore[arg-type]
+            await connection.send_command(
+                "XREAD", "COUNT", READ_COUNT, "BLOCK", int(self.block_s * 1000), "STREAMS", *cursors, *cursors.values()
+            )
+            reply = await connection.read_response()
         finally:
             self._blocked = False
-        for raw_stream, entries in reply or []:
+        for raw_stream, entries in reply or ():
             self._deliver(raw_stream.decode(), entries)
 
-    def _deliver(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        decoded = [(i.decode(), f[b"event"].decode(), f[b"data"].decode()) for i, f in entries]
+    async def _connect(self) -> AbstractConnection:
+        # A connection of its own, never the pool's: the pool checks connections out and may silently
+        # reconnect one, under a client id the wake-ups would not know.
+        connection = self._connections.connection_class(**self._connections.connection_kwargs)
+        try:
+            await connection.send_command("CLIENT", "ID")  # connects first
+            self._reader_id = int(await connection.read_response())
+        except BaseException:
+            await connection.disconnect()
+            raise
+        self._connection = connection
+        return connection
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._reader_id = self._connection, None, None
+        if connection is not None:
+            await connection.disconnect()
+
+    def _deliver(self, stream: str, entries: list[list[Any]]) -> None:
+        decoded = [_entry(entry_id, fields) for entry_id, fields in entries]
         for subscription in self._subscriptions.get(stream, ()):
             after = _id(subscription.last_id)
             for entry in decoded:
@@ -144,3 +204,8 @@ class EventFanout:
                     subscription.entries.put_nowait(entry)
             if decoded:
                 subscription.last_id = max(subscription.last_id, decoded[-1][0], key=_id)
+
+
+def _entry(entry_id: bytes, fields: list[bytes]) -> Entry:
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    return entry_id.decode(), values[b"event"].decode(), values[b"data"].decode()

@@ -9,8 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from api.deps import RedisDep, StoreDep, TenantDep
 from api.errors import error_responses, validation_error
@@ -63,27 +64,40 @@ async def run_events(
     if subscription is None:
         message = f"this tenant has {fanout.open_streams(tenant)} event streams open here; close some first"
         return JSONResponse({"detail": message}, status_code=429, headers={"Retry-After": "5"})
-    return EventSourceResponse(
-        _follow(fanout, subscription, redis, keys.run(tenant, job_id)),
-        ping=HEARTBEAT_S,
-        background=BackgroundTask(fanout.unsubscribe, subscription),
-    )
+    return _StreamHoldingSlot(_follow(subscription, redis, keys.run(tenant, job_id)), fanout, subscription)
 
 
-async def _follow(
-    fanout: EventFanout, subscription: Subscription, redis: RedisDep, record: str
-) -> AsyncIterator[dict[str, str]]:
+class _StreamHoldingSlot(EventSourceResponse):
+    """Gives the tenant's stream slot back however the response ends: the run's end, the client gone
+    (even before the first event) or the server stopping."""
+
+    def __init__(self, content: AsyncIterator[dict[str, str]], fanout: EventFanout, subscription: Subscription) -> None:
+        super().__init__(content, ping=HEARTBEAT_S)
+        self.fanout, self.subscription = fanout, subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.fanout.unsubscribe(self.subscription)
+
+
+async def _follow(subscription: Subscription, redis: RedisDep, record: str) -> AsyncIterator[dict[str, str]]:
     """The run's events until its end (unless it was retried after: more events follow at once)."""
+    while True:
+        try:
+            entry_id, name, data = await asyncio.wait_for(subscription.entries.get(), HEARTBEAT_S)
+        except TimeoutError:
+            if not await _still_there(redis, record):
+                return  # the run expired meanwhile
+            continue
+        yield {"id": entry_id, "event": name, "data": data}
+        if name in FINISHED and subscription.entries.empty():
+            return
+
+
+async def _still_there(redis: RedisDep, record: str) -> bool:
     try:
-        while True:
-            try:
-                entry_id, name, data = await asyncio.wait_for(subscription.entries.get(), HEARTBEAT_S)
-            except TimeoutError:
-                if not await redis.exists(record):
-                    return  # the run expired meanwhile
-                continue
-            yield {"id": entry_id, "event": name, "data": data}
-            if name in FINISHED and subscription.entries.empty():
-                return
-    finally:
-        fanout.unsubscribe(subscription)
+        return bool(await redis.exists(record))
+    except (RedisError, OSError):
+        return True  # Redis is away: the stream waits, and the reader resumes it from its last id
