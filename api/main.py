@@ -13,6 +13,7 @@ from api.errors import install_error_handlers
 from api.event_fanout import EventFanout
 from api.routes import docs, events, flows, health, memory, metrics, runs, steps, workers
 from api.routes.swagger import mount_swagger
+from api.ui import router as ui_router
 from api.waiting import FinishedRuns
 from infra import VERSION
 from infra.redis import create_redis
@@ -60,5 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (runs, steps, events, docs, memory, flows, health, workers, metrics):
         app.include_router(module.router)
+    app.include_router(ui_router)
     mount_swagger(app)
     return app

@@ -116,3 +116,26 @@ def llm_tokens(model: str) -> str:
 
 def llm_pause(model: str) -> str:
     return f"{PREFIX}:llm:{model}:pause"
+
+
+# Batches (runs/batches.py): the batch's hash (counts kept by the run scripts), its runs, the tenant's batches.
+def batch(tenant: str, batch_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:batch:{batch_id}"
+
+
+def batch_runs(tenant: str, batch_id: str) -> str:
+    return f"{tenant_prefix(tenant)}:batch:{batch_id}:runs"
+
+
+def batches_index(tenant: str) -> str:
+    return f"{tenant_prefix(tenant)}:batches"
+
+
+# Per-minute figures for the dashboard: hash `{tenant}|{complete,failed,cancelled,tokens}` -> count,
+# written when a run ends, kept a little over an hour.
+MINUTE_STATS_PREFIX = f"{PREFIX}:minute:"
+MINUTE_STATS_TTL_S = 3900
+
+
+def minute_stats(epoch_minute: int) -> str:
+    return f"{MINUTE_STATS_PREFIX}{epoch_minute}"
