@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from agents.registry import load_catalog
 from api.errors import install_error_handlers
 from api.event_fanout import EventFanout
-from api.routes import docs, events, flows, health, memory, metrics, runs, steps, workers
+from api.routes import batches, docs, events, flows, health, memory, metrics, runs, steps, workers
 from api.routes.swagger import mount_swagger
 from api.ui import router as ui_router
 from api.waiting import FinishedRuns
 from infra import VERSION
 from infra.redis import create_redis
 from infra.settings import Settings
+from runs.batches import BatchStore
 from runs.store import RunStore
 
 logger = logging.getLogger("storyflow.api")
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_active_per_tenant=settings.max_active_runs_per_tenant,
             submissions_per_minute=settings.submissions_per_minute,
         )
+        app.state.batches = BatchStore(app.state.redis, result_ttl=settings.result_ttl)
         app.state.finished_runs = FinishedRuns(app.state.redis)
         app.state.finished_runs.start()
         app.state.event_fanout = EventFanout(settings.redis_url, app.state.redis, settings.max_streams_per_tenant)
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (runs, steps, events, docs, memory, flows, health, workers, metrics):
         app.include_router(module.router)
+    app.include_router(batches.build_router(settings.max_batches_body_bytes))
     app.include_router(ui_router)
     mount_swagger(app)
     return app

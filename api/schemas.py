@@ -30,6 +30,9 @@ class RunRequest(BaseModel):
     flow: str = Field("default", max_length=128, examples=["default"])
     input: Text = Field(min_length=1, examples=["Users want to export their reports as PDF."])
     story_id: StoryId
+    webhook: str | None = Field(
+        None, max_length=2048, description="an https URL that gets the run's events, signed (Standard Webhooks)"
+    )
 
 
 class RetryRequest(BaseModel):
@@ -107,6 +110,7 @@ class WebhookState(BaseModel):
     delivered: bool
     attempts: int
     last_status: int | None
+    last_error: str | None = Field(None, description="why the last attempt got no answer")
 
 
 class RunRecord(BaseModel):
@@ -171,6 +175,39 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runs: list[dict[str, Any]] = Field(max_length=1000, description="run bodies, as POST /run takes them")
+
+
+class BatchesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[dict[str, Any]] = Field(max_length=10000, description="run bodies, as POST /run takes them")
+    webhook: str | None = Field(None, max_length=2048, description="gets one batch.finished event")
+
+
+class BatchCounts(BaseModel):
+    queued: int
+    in_progress: int
+    awaiting_input: int
+    complete: int
+    failed: int
+    cancelled: int
+    pending_docs: int
+    invalid: int
+    rejected: int = Field(description="refused by a limit (queue full, too many active, rate): not queued")
+
+
+class Batch(BaseModel):
+    batch_id: str
+    created_at: str
+    total: int
+    counts: BatchCounts
+    finished: bool = Field(description="every run of it has ended (complete, failed or cancelled)")
+    webhook: WebhookState | None
+
+
+class BatchCreated(BaseModel):
+    batch_id: str
+    items: list[dict[str, Any]]
 
 
 class Memory(BaseModel):

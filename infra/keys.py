@@ -139,3 +139,15 @@ MINUTE_STATS_TTL_S = 3900
 
 def minute_stats(epoch_minute: int) -> str:
     return f"{MINUTE_STATS_PREFIX}{epoch_minute}"
+
+
+# The webhook outbox (runs/outbox.py), drained by every worker: due deliveries (zset id -> due ms), their
+# data (hash id -> JSON, id|body -> payload), a list that wakes deliverers, the sequence numbering them.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOKS_DATA = f"{PREFIX}:webhooks:data"
+WEBHOOKS_WAKE = f"{PREFIX}:webhooks:wake"
+WEBHOOKS_SEQ = f"{PREFIX}:webhooks:seq"
+
+
+def batch_idempotency(tenant: str, digest: str) -> str:
+    return f"{tenant_prefix(tenant)}:batch-idem:{digest}"

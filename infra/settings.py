@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from functools import cached_property
 from pathlib import Path
@@ -73,10 +74,21 @@ class Settings(BaseSettings):
     max_streams_per_tenant: PositiveInt = 100
     poll_interval: PositiveFloat = 1.0
 
+    # Webhooks (see README "Webhooks"): the Standard Webhooks signing secret, `whsec_<base64>`.
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: PositiveInt = 8
+    webhook_timeout: PositiveFloat = 10.0  # seconds a receiver has to answer an attempt
+    webhook_retry_base: PositiveFloat = 5.0  # seconds before the second attempt; doubled each time, with jitter
+    # Deliver to loopback, private, link-local addresses (local development only).
+    webhook_allow_private: bool = False
+    webhook_concurrency: PositiveInt = 64  # deliveries in flight per worker process
+
     # Limits.
     max_body_bytes: PositiveInt = 1_048_576
     max_doc_bytes: PositiveInt = 1_048_576
     max_batch_runs: Annotated[int, Field(gt=0, le=1000)] = 1000
+    # POST /batches takes up to 10000 runs: its body may be this big (every other route: max_body_bytes).
+    max_batches_body_bytes: PositiveInt = 16 * 1_048_576
     # Request headers on `storyflow api`: the most bytes, and the longest time to send them all.
     max_header_bytes: Annotated[int, Field(ge=1024)] = 65536
     header_timeout: PositiveFloat = 10.0
@@ -112,6 +124,20 @@ class Settings(BaseSettings):
             return None
         parse_ops_keys(value.get_secret_value())
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        try:
+            decoded = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            decoded = b""
+        if not raw.startswith("whsec_") or len(decoded) < 16:
+            raise ValueError("must be whsec_ followed by the base64 of at least 16 random bytes")
+        return SecretStr(raw)
 
     @model_validator(mode="after")
     def _keys_not_shared(self) -> Settings:

@@ -84,3 +84,21 @@ def progress_of(steps: list[dict[str, Any]], total: int, current: str | None = N
 
 def outputs_of(steps: list[dict[str, Any]]) -> dict[str, str]:
     return {s["node"]: s["output"] for s in steps if s["status"] == "complete" and s["output"] is not None}
+
+
+def retry_update(
+    state: dict[str, Any], nodes: Collection[str], start: str, from_node: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The record fields that queue a failed or cancelled run again, and its `retried` event's data.
+
+    `state` is the record with its hidden fields (RunStore.get_state); RewindError for a bad `from_node`.
+    """
+    back = rewind(nodes, state["steps"] or [], state["trail"] or [], state["checkpoint"], from_node)
+    fields = {
+        "status": "queued", "error": None, "finished_at": None, "result": None, "awaiting": None,
+        "steps": back.steps, "trail": back.trail, "checkpoint": back.checkpoint.to_json() if back.checkpoint else None,
+        "progress": progress_of(back.steps, state["progress"]["total"]), "outputs": outputs_of(back.steps),
+        "retry_base": state["attempts"],
+    }  # fmt: skip
+    retried = {"from": back.checkpoint.next if back.checkpoint else start, "after_attempt": state["attempts"]}
+    return fields, retried

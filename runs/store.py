@@ -81,6 +81,15 @@ def job_payload(tenant: str, job_id: str, story_id: str, flow: str) -> bytes:
     return serialize_job(RUN_FUNCTION, (tenant, job_id, story_id, flow), {}, None, now_ms(), serializer=dumps_job)
 
 
+def webhook_state(url: str) -> dict[str, Any]:
+    """A run's or batch's `webhook` before its first delivery."""
+    return {"url": url, "delivered": False, "attempts": 0, "last_status": None, "last_error": None}
+
+
+def _decode_named(names: list[str], values: list[bytes | None]) -> dict[str, Any]:
+    return {name: None if raw is None else orjson.loads(raw) for name, raw in zip(names, values, strict=True)}
+
+
 def _decode(values: list[bytes | None]) -> dict[str, Any]:
     return {name: None if raw is None else orjson.loads(raw) for name, raw in zip(RECORD_FIELDS, values, strict=True)}
 
@@ -119,13 +128,14 @@ class RunStore:
             keys.run(tenant, job_id), keys.run_events(tenant, job_id), keys.run_lease(job_id),
             keys.story_queue(tenant, story_id), keys.arq_job(job_id), keys.ARQ_QUEUE, keys.arq_in_progress(job_id),
             keys.WAKE_LIST, keys.active_runs(tenant), keys.METRICS, keys.EXPIRING, keys.AWAITING, keys.ARQ_ABORT_SET,
+            keys.WEBHOOKS_DUE, keys.WEBHOOKS_DATA, keys.WEBHOOKS_WAKE, keys.WEBHOOKS_SEQ,
         ]  # fmt: skip
 
     def _run_argv(self, tenant: str, job_id: str, story_id: str) -> list[str | int]:
         member = f"{tenant}:{story_id}:{job_id}"
         return [
             job_id, f"{tenant}:{job_id}", member, keys.FINISHED_CHANNEL, now_ms(), self.result_ttl, _j(now_iso()),
-            EVENTS_MAXLEN,
+            EVENTS_MAXLEN, tenant, keys.batch(tenant, ""), keys.MINUTE_STATS_PREFIX,
         ]  # fmt: skip
 
     async def _call(
@@ -140,7 +150,7 @@ class RunStore:
 
     def _submit_call(
         self, tenant: str, job_id: str, *, flow: str, story_id: str, input: str, total: int,
-        idempotency_key: str | None, batch_id: str | None = None,
+        idempotency_key: str | None, batch_id: str | None = None, webhook: str | None = None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         score = now_ms()
         record = {
@@ -148,12 +158,14 @@ class RunStore:
             "status": RunStatus.QUEUED, "attempts": 0, "enqueued_at": now_iso(), "started_at": None,
             "finished_at": None, "progress": initial_progress(total), "result": None, "outputs": {},
             "error": None, "steps": [], "usage": empty_usage(), "awaiting": None, "batch_id": batch_id,
-            "webhook": None,
+            "webhook": None if webhook is None else webhook_state(webhook),
         }  # fmt: skip
+        if webhook is not None:
+            record["webhook_url"] = webhook  # where the scripts send its events (common.lua `after_transition`)
         idem = keys.idempotency(tenant, idempotency_digest(idempotency_key)) if idempotency_key else ""
         extra = [
             keys.runs_index(tenant), keys.story_runs_index(tenant, story_id), idem or keys.idempotency(tenant, "-"),
-            keys.submissions_in_minute(tenant, score // 60_000),
+            keys.submissions_in_minute(tenant, score // 60_000), keys.batch_runs(tenant, batch_id) if batch_id else "",
         ]  # fmt: skip
         limits = [self.max_active_per_tenant, self.submissions_per_minute, 60 - (score // 1000) % 60]
         args = [
@@ -196,11 +208,20 @@ class RunStore:
 
     async def get_state(self, tenant: str, job_id: str) -> dict[str, Any] | None:
         """The record with the fields only storyflow sees (checkpoint, trail, attempts as stored)."""
+        return (await self.get_states(tenant, [job_id]))[0]
+
+    async def get_states(self, tenant: str, job_ids: list[str]) -> list[dict[str, Any] | None]:
         names = [*RECORD_FIELDS, "checkpoint", "trail"]
-        values = await self.redis.hmget(keys.run(tenant, job_id), names)  # type: ignore[misc]
-        if values[0] is None:
-            return None
-        return {name: None if raw is None else orjson.loads(raw) for name, raw in zip(names, values, strict=True)}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.run(tenant, job_id), names)
+            rows = await pipe.execute()
+        return [
+            None
+            if values[0] is None
+            else {n: None if v is None else orjson.loads(v) for n, v in zip(names, values, strict=True)}
+            for values in rows
+        ]
 
     async def get_many(self, tenant: str, job_ids: list[str]) -> list[dict[str, Any] | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -210,8 +231,9 @@ class RunStore:
         return [None if values[0] is None else _decode(values) for values in rows]
 
     async def list_page(
-        self, tenant: str, *, story_id: str | None, status: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+        self, tenant: str, *, story_id: str | None, status: str | None, limit: int, cursor: str | None,
+        batch_id: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
         """Runs newest first from the tenant's (or story's) index, and the cursor of the next page.
 
         The cursor is `score:job_id` of the last entry read, so runs enqueued in the same millisecond
@@ -219,7 +241,10 @@ class RunStore:
         few met before that are dropped here. A page reads at most LIST_SCAN_FACTOR x limit entries
         (a filter by status may match few): then it ends early, with a cursor to go on.
         """
-        index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
+        if batch_id:
+            index = keys.batch_runs(tenant, batch_id)
+        else:
+            index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
         start_after = _parse_cursor(cursor)
         upper = str(start_after[0]) if start_after else "+inf"
         runs: list[dict[str, Any]] = []
@@ -239,7 +264,7 @@ class RunStore:
                 last = entry
                 if record is None:
                     expired.append(entry[1])
-                elif status in (None, record["status"]):
+                elif status in (None, record["status"]) and story_id in (None, record["story_id"]):
                     runs.append(record)
                     if len(runs) == limit:
                         break
@@ -266,12 +291,31 @@ class RunStore:
         """'cancelled', 'finished' (already terminal) or 'missing'."""
         return str((await self._call("cancel", tenant, job_id, story_id, [])).decode())
 
+    async def cancel_many(self, tenant: str, runs: list[tuple[str, str]]) -> list[str]:
+        """Cancel (job_id, story_id) runs in one pipelined round trip; each answer as `cancel` gives it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, story_id in runs:
+                await self._call("cancel", tenant, job_id, story_id, [], client=pipe)
+            return [reply.decode() for reply in await pipe.execute()]
+
     async def retry(self, tenant: str, record: dict[str, Any], fields: dict[str, Any], events: list[Event]) -> str:
         """'queued', 'not_finished', 'changed' or 'missing'; `fields` as runs/checkpoint.py computed them."""
-        job_id, story_id = record["job_id"], record["story_id"]
-        payload = job_payload(tenant, job_id, story_id, record["flow"])
-        args = [str(record["attempts"]), payload, ARQ_JOB_TTL_MS, *_counted(_pairs(fields)), *_counted(_events(events))]
-        return str((await self._call("retry", tenant, job_id, story_id, args)).decode())
+        return (await self.retry_many(tenant, [(record, fields, events)]))[0]
+
+    async def retry_many(
+        self, tenant: str, runs: list[tuple[dict[str, Any], dict[str, Any], list[Event]]]
+    ) -> list[str]:
+        """Retry (record, fields, events) runs in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record, fields, events in runs:
+                job_id, story_id = record["job_id"], record["story_id"]
+                payload = job_payload(tenant, job_id, story_id, record["flow"])
+                args = [
+                    str(record["attempts"]), payload, ARQ_JOB_TTL_MS, *_counted(_pairs(fields)),
+                    *_counted(_events(events)),
+                ]  # fmt: skip
+                await self._call("retry", tenant, job_id, story_id, args, client=pipe)
+            return [reply.decode() for reply in await pipe.execute()]
 
     async def answer(
         self, tenant: str, record: dict[str, Any], awaiting_raw: str, fields: dict[str, Any], events: list[Event]

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from api.main import create_app
 from infra.embedded_redis import EmbeddedRedis
 from infra.settings import Settings
+from tests.support.receiver import receiver  # noqa: F401  (a fixture: a webhook receiver on loopback)
 from worker.main import build_worker
 
 ROOT = Path(__file__).resolve().parents[1]

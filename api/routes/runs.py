@@ -15,6 +15,7 @@ from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from api.errors import EscapedJSONResponse, error_responses, unavailable, validation_error
 from api.routing import StrictJSONRoute
 from api.schemas import ID_PATTERN, JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
+from infra import safe_url
 from infra.settings import Settings
 from memory.store import missing_documents
 from runs.model import SubmitOutcome
@@ -36,11 +37,32 @@ def check_run_request(body: RunRequest, catalog: Catalog, settings: Settings) ->
         raise HTTPException(422, validation_error("input", message))
 
 
+async def check_webhook(url: str | None, settings: Settings, cache: dict[str, str | None] | None = None) -> None:
+    """A 422 unless webhooks are configured and the URL may be called (infra/safe_url.py); `cache` keeps
+    the verdict per URL while one request checks many."""
+    if url is None:
+        return
+    if settings.webhook_secret is None:
+        raise HTTPException(422, validation_error("webhook", "webhooks need STORYFLOW_WEBHOOK_SECRET on the server"))
+    if cache is None or url not in cache:
+        try:
+            await safe_url.check(url, allow_private=settings.webhook_allow_private)
+            verdict = None
+        except safe_url.UnsafeURLError as exc:
+            verdict = str(exc)
+        if cache is not None:
+            cache[url] = verdict
+    else:
+        verdict = cache[url]
+    if verdict is not None:
+        raise HTTPException(422, validation_error("webhook", verdict))
+
+
 def submit_fields(body: RunRequest, catalog: Catalog, idempotency_key: str | None) -> dict[str, Any]:
     total = len(catalog.flows[body.flow].agents)
     return {
         "flow": body.flow, "story_id": body.story_id, "input": body.input, "total": total,
-        "idempotency_key": idempotency_key,
+        "idempotency_key": idempotency_key, "webhook": body.webhook,
     }  # fmt: skip
 
 
@@ -80,6 +102,7 @@ async def submit_run(
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
     check_run_request(body, catalog, settings)
+    await check_webhook(body.webhook, settings)
     missing = await missing_documents(redis, tenant, list(catalog.flows[body.flow].requires_docs))
     if missing:
         return JSONResponse(RunAccepted(job_id=None, status="pending_docs", pending_docs=missing).model_dump())
@@ -128,13 +151,16 @@ async def list_runs(
     tenant: TenantDep,
     store: StoreDep,
     story_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    batch_id: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
     run_status: Annotated[RunStatusName | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None, Query(pattern=r"^\d{1,20}:[0-9a-f]{32}$", description="X-Next-Cursor of the previous page")
     ] = None,
 ) -> list[dict[str, Any]]:
-    runs, next_cursor = await store.list_page(tenant, story_id=story_id, status=run_status, limit=limit, cursor=cursor)
+    runs, next_cursor = await store.list_page(
+        tenant, story_id=story_id, status=run_status, limit=limit, cursor=cursor, batch_id=batch_id
+    )
     if next_cursor:
         response.headers["X-Next-Cursor"] = next_cursor
     return runs
@@ -157,32 +183,42 @@ async def submit_batch(
     if len(items) > settings.max_batch_runs:
         message = f"body must be {{'runs': [...]}} with at most {settings.max_batch_runs} runs"
         raise HTTPException(422, validation_error("runs", message))
+    answers, ready = await prepare_runs(items, redis, tenant, catalog, settings)
+    outcomes = await store.submit_many(
+        [(tenant, uuid.uuid4().hex, submit_fields(run, catalog, None)) for _, run in ready]
+    )
+    for (position, _), outcome in zip(ready, outcomes, strict=True):
+        answers[position] = batch_answer(outcome)
+    return EscapedJSONResponse(answers)
+
+
+async def prepare_runs(
+    items: list[dict[str, Any]], redis: RedisDep, tenant: str, catalog: Catalog, settings: Settings
+) -> tuple[list[dict[str, Any] | None], list[tuple[int, RunRequest]]]:
+    """Check each run body of a batch: the answers of those that cannot run (invalid, pending_docs),
+    and the (position, run) of those to submit."""
     answers: list[dict[str, Any] | None] = [None] * len(items)
-    to_submit: list[tuple[int, RunRequest]] = []
+    checked: list[tuple[int, RunRequest]] = []
+    webhooks: dict[str, str | None] = {}
     for position, raw in enumerate(items):
         try:
             run = RunRequest.model_validate(raw)
             check_run_request(run, catalog, settings)
+            await check_webhook(run.webhook, settings, webhooks)
         except ValidationError as exc:
             answers[position] = invalid(exc.errors(include_url=False, include_context=False))
         except HTTPException as exc:
             answers[position] = invalid(exc.detail)
         else:
-            to_submit.append((position, run))
-    ready = await _with_docs(redis, tenant, catalog, to_submit, answers)
-    outcomes = await store.submit_many(
-        [(tenant, uuid.uuid4().hex, submit_fields(run, catalog, None)) for _, run in ready]
-    )
-    for (position, _), outcome in zip(ready, outcomes, strict=True):
-        answers[position] = _batch_answer(outcome)
-    return EscapedJSONResponse(answers)
+            checked.append((position, run))
+    return answers, await _with_docs(redis, tenant, catalog, checked, answers)
 
 
 def invalid(detail: Any) -> dict[str, Any]:
     return {"job_id": None, "status": "invalid", "pending_docs": None, "error": detail}
 
 
-def _batch_answer(outcome: SubmitOutcome) -> dict[str, Any]:
+def batch_answer(outcome: SubmitOutcome) -> dict[str, Any]:
     if outcome.status not in ("queued", "existing"):
         return {"job_id": None, "status": "rejected", "pending_docs": None, "error": outcome.status}
     return {"job_id": outcome.job_id, "status": "queued", "pending_docs": None}

@@ -14,7 +14,7 @@ from api.routes.runs import NOT_FOUND, find_run
 from api.routing import StrictJSONRoute
 from api.schemas import InputRequest, RetryRequest, RunRecord
 from infra.timeutil import now_iso
-from runs.checkpoint import PREVIEW_CHARS, Checkpoint, RewindError, outputs_of, progress_of, rewind
+from runs.checkpoint import PREVIEW_CHARS, Checkpoint, RewindError, outputs_of, progress_of, retry_update
 from runs.model import JOB_ID, RunStatus
 from runs.store import RunStore
 
@@ -49,19 +49,9 @@ async def retry_run(
         raise HTTPException(409, f"this service no longer knows flow {state['flow']!r}")
     from_node = body.from_node if body else None
     try:
-        back = rewind(spec.graph.nodes, state["steps"] or [], state["trail"] or [], state["checkpoint"], from_node)
+        fields, retried = retry_update(state, spec.graph.nodes, spec.graph.start, from_node)
     except RewindError as exc:
         raise HTTPException(422, validation_error("from", str(exc))) from None
-    fields = {
-        "status": RunStatus.QUEUED, "error": None, "finished_at": None, "result": None, "awaiting": None,
-        "steps": back.steps, "trail": back.trail, "checkpoint": back.checkpoint.to_json() if back.checkpoint else None,
-        "progress": progress_of(back.steps, state["progress"]["total"]), "outputs": outputs_of(back.steps),
-        "retry_base": state["attempts"],
-    }  # fmt: skip
-    retried = {
-        "from": back.checkpoint.next if back.checkpoint else spec.graph.start,
-        "after_attempt": state["attempts"],
-    }
     outcome = await store.retry(tenant, state, fields, [("retried", retried)])
     if outcome == "missing":
         raise HTTPException(404, NOT_FOUND)

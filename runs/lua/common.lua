@@ -47,9 +47,12 @@ local R = {
   arq_queue = KEYS[6], in_progress = KEYS[7], wake = KEYS[8], active = KEYS[9], metrics = KEYS[10],
   expiring = KEYS[11], awaiting = KEYS[12], abort = KEYS[13],
   job_id = ARGV[1], message = ARGV[2], member = ARGV[3], channel = ARGV[4], now_ms = tonumber(ARGV[5]),
-  ttl = tonumber(ARGV[6]), now_iso = ARGV[7],
+  ttl = tonumber(ARGV[6]), now_iso = ARGV[7], tenant = ARGV[9], batch_prefix = ARGV[10], minute_prefix = ARGV[11],
 }
-local FIRST_ARG = 9
+-- The webhook outbox (runs/outbox.py): due deliveries (zset id -> when), their data (hash), a list that
+-- wakes the deliverers, and the sequence that numbers deliveries.
+local OUT = {due = KEYS[14], data = KEYS[15], wake = KEYS[16], seq = KEYS[17]}
+local FIRST_ARG = 12
 
 -- ARGV from `at`: a count n, then n values. Returns the values and the index after them.
 local function counted(at)
@@ -82,4 +85,101 @@ local function finish(event, data, fields, was_awaiting)
   redis.call('ZADD', R.expiring, R.now_ms + 1000 * R.ttl, R.member)
   redis.call('PUBLISH', R.channel, R.message)
   advance_story(R.story_queue, R.arq_queue, R.wake, R.job_id, R.now_ms)
+end
+
+-- ---- After a transition: webhooks, batch counts, per-minute figures -------------------------------
+
+local RECORD_FIELDS = {%RECORD_FIELDS%}
+
+-- The record as GET /run shows it, spliced from the stored JSON values.
+local function record_json(record)
+  local values = redis.call('HMGET', record, unpack(RECORD_FIELDS))
+  local parts = {}
+  for i, name in ipairs(RECORD_FIELDS) do parts[i] = '"' .. name .. '":' .. (values[i] or 'null') end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local function webhook_state(url_json, delivered, attempts)
+  return '{"url":' .. url_json .. ',"delivered":' .. delivered .. ',"attempts":' .. attempts
+    .. ',"last_status":null,"last_error":null}'
+end
+
+-- Queue a signed POST to the URL of the payload `make_payload()` builds once the owner (a run record
+-- or a batch hash) shows the new delivery as its webhook state.
+local function queue_delivery(url_json, owner, make_payload)
+  local id = 'msg_' .. R.now_ms .. '_' .. redis.call('INCR', OUT.seq)
+  redis.call('HSET', owner, 'webhook', webhook_state(url_json, 'false', 0), 'webhook_msg', id)
+  local meta = '{"url":' .. url_json .. ',"owner":' .. cjson.encode(owner) .. ',"attempts":0}'
+  redis.call('HSET', OUT.data, id, meta, id .. '|body', make_payload())
+  redis.call('ZADD', OUT.due, R.now_ms, id)
+  redis.call('LPUSH', OUT.wake, '1')
+  redis.call('LTRIM', OUT.wake, 0, 99)
+end
+
+local UNFINISHED = {queued = true, in_progress = true, awaiting_input = true}
+local COUNTED = {'queued', 'in_progress', 'awaiting_input', 'complete', 'failed', 'cancelled', 'pending_docs',
+  'invalid', 'rejected'}
+
+-- The batch as GET /batches/{id} shows it (runs/batches.py reads the same hash).
+local function batch_json(key)
+  local f = redis.call('HMGET', key, 'batch_id', 'created_at', 'total', 'finished', 'webhook', unpack(COUNTED))
+  local counts = {}
+  for i, name in ipairs(COUNTED) do counts[i] = '"' .. name .. '":' .. (f[5 + i] or '0') end
+  return '{"batch_id":"' .. f[1] .. '","created_at":' .. f[2] .. ',"total":' .. f[3] .. ',"counts":{'
+    .. table.concat(counts, ',') .. '},"finished":' .. (f[4] == '1' and 'true' or 'false')
+    .. ',"webhook":' .. (f[5] or 'null') .. '}'
+end
+
+-- The batch's last unfinished run ended (and every run of it was submitted): it is finished.
+local function batch_finished(key)
+  if redis.call('HGET', key, 'sealed') ~= '1' or redis.call('HGET', key, 'finished') == '1' then return end
+  redis.call('HSET', key, 'finished', '1')
+  redis.call('EXPIRE', key, R.ttl)
+  redis.call('EXPIRE', key .. ':runs', R.ttl)  -- keys.batch_runs
+  local url = redis.call('HGET', key, 'webhook_url')
+  if url then
+    queue_delivery(url, key, function()
+      return '{"type":"batch.finished","timestamp":' .. R.now_iso .. ',"data":' .. batch_json(key) .. '}'
+    end)
+  end
+end
+
+local function batch_moved(key, before, after)
+  if redis.call('EXISTS', key) == 0 then return end
+  if before then redis.call('HINCRBY', key, before, -1) end
+  redis.call('HINCRBY', key, after, 1)
+  local delta = (UNFINISHED[after] and 1 or 0) - ((before and UNFINISHED[before]) and 1 or 0)
+  if delta == 0 then return end
+  local left = redis.call('HINCRBY', key, 'unfinished', delta)
+  if left == 0 then
+    batch_finished(key)
+  elseif delta > 0 and redis.call('HGET', key, 'finished') == '1' then  -- a retry reopened it
+    redis.call('HSET', key, 'finished', '0')
+    redis.call('PERSIST', key)
+    redis.call('PERSIST', key .. ':runs')
+  end
+end
+
+local function count_minute(status)
+  local key = R.minute_prefix .. math.floor(R.now_ms / 60000)
+  redis.call('HINCRBY', key, R.tenant .. '|' .. status, 1)
+  local usage = redis.call('HGET', R.record, 'usage')
+  local tokens = usage and cjson.decode(usage).total_tokens or 0
+  if tokens > 0 then redis.call('HINCRBY', key, R.tenant .. '|tokens', tokens) end
+  redis.call('EXPIRE', key, %MINUTE_STATS_TTL_S%)
+end
+
+-- Called after every script that may change a run's status, with the status read before it ran.
+local function after_transition(before_raw)
+  local f = redis.call('HMGET', R.record, 'status', 'batch_id', 'webhook_url')
+  if not f[1] or f[1] == before_raw then return end
+  local before = before_raw and cjson.decode(before_raw) or nil
+  local after = cjson.decode(f[1])
+  if is_terminal(after) then count_minute(after) end
+  if f[2] and f[2] ~= 'null' then batch_moved(R.batch_prefix .. cjson.decode(f[2]), before, after) end
+  if f[3] and (is_terminal(after) or after == 'awaiting_input') then
+    queue_delivery(f[3], R.record, function()
+      return '{"type":"run.' .. after .. '","timestamp":' .. R.now_iso .. ',"data":' .. record_json(R.record) .. '}'
+    end)
+  end
 end
