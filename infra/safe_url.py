@@ -1,9 +1,9 @@
 """Outgoing URLs we were given (webhooks): checked against SSRF, and fetched at the address checked.
 
 A URL is refused unless it is http(s) and every address its host resolves to is public (not loopback,
-private, link-local, multicast, unspecified or reserved). The request then goes to the first of those
-addresses itself, with the original Host header and TLS server name: the name is not resolved a
-second time between the check and the connection (DNS rebinding).
+private, link-local, multicast, unspecified or reserved). The request then goes to those addresses
+themselves (the next if one refuses the connection), with the original Host header and TLS server
+name: the name is not resolved a second time between the check and the connection (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class UnsafeURLError(ValueError):
 class CheckedURL:
     url: str
     host: str
-    address: IPAddress
+    addresses: list[IPAddress]
 
 
 def is_public(address: IPAddress) -> bool:
@@ -74,16 +74,16 @@ async def check(url: str, *, allow_private: bool = False) -> CheckedURL:
                 raise UnsafeURLError(
                     f"the host {host!r} resolves to {address}, a loopback, private, link-local or multicast address"
                 )
-    return CheckedURL(url, host, addresses[0])
+    return CheckedURL(url, host, list(dict.fromkeys(addresses)))
 
 
 def pinned_request(
-    client: httpx.AsyncClient, checked: CheckedURL, content: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient, checked: CheckedURL, address: IPAddress, content: bytes, headers: dict[str, str]
 ) -> httpx.Request:
-    """A POST to the checked address, naming the original host (Host header, TLS server name)."""
+    """A POST to one checked address, naming the original host (Host header, TLS server name)."""
     url = httpx.URL(checked.url)
     authority = url.netloc.decode("ascii")
-    pinned = url.copy_with(host=str(checked.address))
+    pinned = url.copy_with(host=str(address))
     request = client.build_request(
         "POST", pinned, content=content, headers={**headers, "Host": authority},
         extensions={"sni_hostname": checked.host},

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
-from infra import keys
+from infra import keys, safe_url
 from infra.settings import Settings
 from tests.conftest import RUN, api_client, make_settings, record, until_status, wait_for
 from tests.support.receiver import Receiver
@@ -204,3 +205,22 @@ async def test_a_redirect_is_not_followed(
     state = await webhook_state(client, job_id, last_status=302)
     assert state["delivered"] is False
     assert {r.path for r in receiver.received} == {"/hook"}  # never the Location it was sent to
+
+
+async def test_a_name_is_resolved_once_and_the_request_names_its_host(
+    client: httpx.AsyncClient, background_worker: Any, receiver: Receiver
+) -> None:
+    by_name = receiver.url.replace("127.0.0.1", "localhost")  # may resolve to ::1 first: the next address is tried
+    job_id = await submit_with_hook(client, by_name)
+    state = await webhook_state(client, job_id, delivered=True)
+    assert state["url"] == by_name
+    assert receiver.received[0].headers["host"] == by_name.split("/")[2]
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [("93.184.216.34", True), ("2606:2800:220:1:248:1893:25c8:1946", True), ("100.64.0.1", False),
+     ("::ffff:10.0.0.1", False), ("fd00::1", False), ("fe80::1", False), ("ff02::1", False), ("240.0.0.1", False)],
+)  # fmt: skip
+def test_which_addresses_are_public(address: str, public: bool) -> None:
+    assert safe_url.is_public(ipaddress.ip_address(address)) is public

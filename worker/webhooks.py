@@ -30,7 +30,7 @@ from runs.outbox import Delivery, Outbox, Outcome
 logger = logging.getLogger("storyflow.webhooks")
 PER_HOST_IN_FLIGHT = 8
 BUSY_HOST_DELAY_MS = 500
-CLAIM_MARGIN_MS = 20_000  # beyond the attempt's timeout, before a claimed delivery is due again
+CLAIM_MARGIN_MS = 5_000  # beyond the attempt's timeout, before a claimed delivery is due again (its deliverer died)
 MAX_BACKOFF_S = 3600.0
 
 
@@ -149,13 +149,20 @@ class WebhookDeliverer:
             "content-type": "application/json",
             "user-agent": "storyflow-webhooks",
         }
-        request = safe_url.pinned_request(self.http, checked, delivery.body, headers)
+        error = "no address to connect to"
         try:
             async with asyncio.timeout(self.settings.webhook_timeout):
-                response = await self.http.send(request)
-                await response.aclose()
+                for address in checked.addresses:
+                    request = safe_url.pinned_request(self.http, checked, address, delivery.body, headers)
+                    try:
+                        response = await self.http.send(request)
+                    except httpx.ConnectError as exc:
+                        error = f"ConnectError: {exc}"[:300]
+                        continue
+                    await response.aclose()
+                    return response.status_code, None
         except TimeoutError:
             return None, f"no answer within {self.settings.webhook_timeout:g} s"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:300]
-        return response.status_code, None
+        return None, error
