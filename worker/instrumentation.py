@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from agents.llm import Completion, LLMClient, OnText, Prompt
 from agents.llm.resilient import ResilientLLM
 from infra.metrics import LocalMetrics
@@ -30,3 +33,27 @@ class MeteredLLM:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class LoopLag:
+    """How late the event loop wakes a task that sleeps INTERVAL_S: a loop busy with work it does not
+    yield from shows here first. `take()` gives the p99 of the samples since the last take, in ms."""
+
+    INTERVAL_S = 0.05
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                started = loop.time()
+                await asyncio.sleep(self.INTERVAL_S)
+                self.samples.append(loop.time() - started - self.INTERVAL_S)
+
+    def take(self) -> float:
+        samples, self.samples = sorted(self.samples), []
+        if not samples:
+            return 0.0
+        return round(1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))], 2)

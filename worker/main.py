@@ -27,6 +27,7 @@ from infra.timeutil import now_ms
 from runs.store import RUN_FUNCTION, RunStore
 from worker.arq_compat import ArqCompat
 from worker.executor import FlowExecutor
+from worker.instrumentation import LoopLag
 from worker.webhooks import WebhookDeliverer
 
 logger = logging.getLogger("storyflow.worker")
@@ -63,19 +64,23 @@ class StoryflowWorker(ArqCompat):
         self._stop = asyncio.Event()
         self._beat_task: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None
+        self.loop_lag = LoopLag()
+        self._lag_task: asyncio.Task[None] | None = None
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         store = RunStore(self.pool, result_ttl=self.settings.result_ttl, max_queued=self.settings.max_queued_runs)
         catalog = load_catalog(self.settings.extra_agent_modules, self.settings.extra_agent_dirs)
         ctx["executor"] = FlowExecutor(self.settings, store, catalog, create_llm(self.settings, self.pool))
         self._beat_task = asyncio.create_task(self._beat_forever())
+        self._lag_task = asyncio.create_task(self.loop_lag.run())
         if self.settings.webhook_secret is not None and not self.burst:
             self._webhooks_task = asyncio.create_task(WebhookDeliverer(self.pool, self.settings).run())
         logger.info("worker %s ready: flows %s, concurrency %d", self.worker_id, sorted(catalog.flows), self.max_jobs)
 
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
-        if self._beat_task:
-            self._beat_task.cancel()
+        for task in (self._beat_task, self._lag_task):
+            if task:
+                task.cancel()
         if self._webhooks_task:
             self._webhooks_task.cancel()  # deliveries under way come back when their claim runs out
             await asyncio.gather(self._webhooks_task, return_exceptions=True)
@@ -114,6 +119,7 @@ class StoryflowWorker(ArqCompat):
         info = {
             "worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "version": VERSION,
             "in_flight": self.job_counter, "runs_done": executor.runs_done, "seen_at": time.time(),
+            "loop_lag_p99_ms": self.loop_lag.take(),
         }  # fmt: skip
         async with self.pool.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.WORKERS_SEEN, {self.worker_id: now_ms()})

@@ -24,6 +24,7 @@ class WorkerInfo(BaseModel):
     in_flight: int
     runs_done: int
     seen_at: float
+    loop_lag_p99_ms: float | None = None  # how late its event loop woke a sleeper, since the last heartbeat
 
 
 async def live_workers(redis: RedisDep) -> list[dict[str, Any]]:
