@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import orjson
 
@@ -196,9 +197,9 @@ def table(sf: dict[str, float], arq: dict[str, float], label: str) -> list[str]:
     return [*rows, "", f"Redis commands per run / per job: {breakdown}"]
 
 
-async def main(runs: int, clients: int, only: set[str]) -> None:
+async def main(runs: int, clients: int, only: set[str], profile: Path | None) -> None:
     out: list[str] = []
-    async with Stack.open() as stack:
+    async with Stack.open(profile_dir=profile) as stack:
         arq = await raw_arq(stack, runs, clients) if only & {"arq", "wait", "poll"} else {}
         if "wait" in only:
             out += table(await storyflow(stack, runs, clients, with_wait), arq, "POST /run?wait")
@@ -216,5 +217,6 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--only", default="wait,poll,arq,inflight")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy collapsed stacks of API and worker here")
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.clients, set(args.only.split(","))))
+    asyncio.run(main(args.runs, args.clients, set(args.only.split(",")), args.profile))
