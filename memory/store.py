@@ -99,17 +99,23 @@ def story_context_from(results: list[Any], agents: list[str], doc_ids: list[str]
     return StoryContext(memory, docs, missing)
 
 
-def encode_memory_writes(tenant: str, story_id: str, memory: MemoryManager) -> list[str]:
-    """The run's memory writes as flat (hash key, field, JSON value) triples for the commit script."""
+def encode_memory_writes(tenant: str, story_id: str, memory: MemoryManager) -> list[str | int]:
+    """The run's memory writes for the commit script: per hash, its key, how many fields, then
+    (field, JSON value) pairs; one HSET per hash."""
     story_writes, agent_writes = memory.pending_writes()
-    triples: list[str] = []
-    for field, value in story_writes.items():
-        triples += [keys.story_memory(tenant, story_id), field, orjson.dumps(value).decode()]
+    groups: list[str | int] = []
+
+    def add(key: str, fields: dict[str, str]) -> None:
+        if fields:
+            groups.extend([key, len(fields)])
+            for field, value in fields.items():
+                groups.extend([field, value])
+
+    add(keys.story_memory(tenant, story_id), {f: orjson.dumps(v).decode() for f, v in story_writes.items()})
+    add(keys.memory_agents_index(tenant, story_id), dict.fromkeys(agent_writes, "true"))
     for agent, writes in agent_writes.items():
-        triples += [keys.memory_agents_index(tenant, story_id), agent, "true"]
-        for field, value in writes.items():
-            triples += [keys.agent_memory(tenant, story_id, agent), field, orjson.dumps(value).decode()]
-    return triples
+        add(keys.agent_memory(tenant, story_id, agent), {f: orjson.dumps(v).decode() for f, v in writes.items()})
+    return groups
 
 
 async def read_memory(redis: Redis, tenant: str, story_id: str) -> dict[str, Any] | None:

@@ -1,8 +1,7 @@
 """The Lua scripts of runs/lua, each with common.lua before it, loaded once per process.
 
-A script that may change a run's status runs inside a function, so that `after_transition`
-(common.lua) sees the status before and after it: batch counts, webhooks and per-minute figures
-follow every transition from one place, whatever the script.
+Every script that changes a run's status calls common.lua's `moved(before, after, ...)` (directly or
+through `finish`): batch counts, webhooks and per-minute figures follow every transition from there.
 """
 
 from __future__ import annotations
@@ -19,10 +18,6 @@ TRANSITIONS = (
     "submit", "begin", "renew", "progress", "finish", "await", "answer", "expire_input", "requeue", "cancel",
     "retry", "rearm",
 )  # fmt: skip
-# The scripts that may change a run's status.
-STATUS_CHANGING = frozenset(
-    {"submit", "begin", "finish", "await", "answer", "expire_input", "requeue", "cancel", "retry"}
-)
 
 
 @cache
@@ -35,14 +30,7 @@ def common() -> str:
 @cache
 def source(name: str) -> str:
     """The full text of script `name` (without .lua), common functions included."""
-    body = (_LUA / f"{name}.lua").read_text()
-    if name in STATUS_CHANGING:
-        body = (
-            "local before_status = redis.call('HGET', R.record, 'status')\n"
-            f"local function transition()\n{body}\nend\n"
-            "local result = transition()\nafter_transition(before_status)\nreturn result\n"
-        )
-    return common() + "\n" + body
+    return common() + "\n" + (_LUA / f"{name}.lua").read_text()
 
 
 @cache

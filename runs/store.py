@@ -374,7 +374,7 @@ class RunStore:
 
     async def finish(
         self, attempt: Attempt, terminal: Event, fields: dict[str, Any], earlier: list[Event],
-        memory_writes: list[str] | None = None,
+        memory_writes: list[str | int] | None = None,
     ) -> bool:  # fmt: skip
         """End the run (complete or failed) with its fields, events and memory writes; False if the lease was lost."""
         event, data = terminal

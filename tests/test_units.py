@@ -32,11 +32,12 @@ def test_memory_writes_encode_to_their_scopes() -> None:
     memory = MemoryManager({}, {})
     memory.for_agent("qa").own.set("notes", ["a"])
     memory.for_agent("qa").story.set("review", "ok")
-    triples = store.encode_memory_writes("t", "s", memory)
-    assert triples == [
-        keys.story_memory("t", "s"), "review", '"ok"',
-        keys.memory_agents_index("t", "s"), "qa", "true",
-        keys.agent_memory("t", "s", "qa"), "notes", '["a"]',
+    memory.for_agent("qa").own.set("seen", 2)
+    groups = store.encode_memory_writes("t", "s", memory)
+    assert groups == [
+        keys.story_memory("t", "s"), 1, "review", '"ok"',
+        keys.memory_agents_index("t", "s"), 1, "qa", "true",
+        keys.agent_memory("t", "s", "qa"), 2, "notes", '["a"]', "seen", "2",
     ]  # fmt: skip
 
 

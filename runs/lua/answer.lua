@@ -3,12 +3,13 @@
 -- ARGV: the `awaiting` value answered (JSON, as read), job payload, payload ttl ms, counted fields,
 --       counted (event, data) pairs
 local a = FIRST_ARG
-if redis.call('HGET', R.record, 'status') ~= '"awaiting_input"' then return 'not_awaiting' end
-if redis.call('HGET', R.record, 'awaiting') ~= ARGV[a] then return 'not_awaiting' end
+local m = redis.call('HMGET', R.record, 'status', 'batch_id', 'webhook_url', 'awaiting')
+if m[1] ~= '"awaiting_input"' or m[4] ~= ARGV[a] then return 'not_awaiting' end
 local fields, at = counted(a + 3)
 local events = counted(at)
 redis.call('HSET', R.record, unpack(fields))
 redis.call('ZREM', R.awaiting, R.member)
 emit_all(events)
 enqueue(R.arq_job, R.arq_queue, R.wake, R.job_id, ARGV[a + 1], ARGV[a + 2], R.now_ms)
+moved('awaiting_input', 'queued', m[2], m[3])
 return 'queued'

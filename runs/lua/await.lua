@@ -4,9 +4,11 @@
 if not holds_lease(ARGV[FIRST_ARG]) then return 0 end
 local fields, at = counted(FIRST_ARG + 2)
 local events = counted(at)
+local m = redis.call('HMGET', R.record, unpack(MOVE_FIELDS))
 redis.call('DEL', R.lease)
 redis.call('HSET', R.record, unpack(fields))
 emit_all(events)
 redis.call('ZADD', R.awaiting, ARGV[FIRST_ARG + 1], R.member)
 redis.call('PUBLISH', R.channel, R.message)
+moved(cjson.decode(m[1]), 'awaiting_input', m[2], m[3])
 return 1

@@ -8,7 +8,7 @@ local a = FIRST_ARG
 local token, lease_ms, max_attempts, first, first_step = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
 -- One read of everything the attempt needs, one write of what it changes.
 local f = redis.call('HMGET', R.record, 'status', 'retry_base', 'checkpoint', 'progress', 'flow', 'story_id',
-  'input', 'steps', 'usage', 'trail')
+  'input', 'steps', 'usage', 'trail', 'batch_id', 'webhook_url')
 if not f[1] then return {'gone'} end
 local status = cjson.decode(f[1])
 if status ~= 'queued' and status ~= 'in_progress' then return {'skip', status} end
@@ -35,6 +35,7 @@ if checkpoint == '' and first ~= '' then
   for _, v in ipairs({'progress', progress, 'steps', steps, 'outputs', '{}'}) do fields[#fields + 1] = v end
 end
 redis.call('HSET', R.record, unpack(fields))
+moved(status, 'in_progress', f[11], f[12])
 emit(R.events, 'started', cjson.encode({attempt = attempts}))
 if checkpoint == '' and first ~= '' then emit(R.events, 'node_started', cjson.encode({node = first})) end
 return {'run', attempts, f[5], f[6], f[7], checkpoint, steps, f[9], f[10] or '', progress}

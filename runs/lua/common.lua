@@ -70,23 +70,6 @@ local function holds_lease(token)
   return redis.call('GET', R.lease) == token
 end
 
--- The run has ended (complete, failed, cancelled): record it, tell waiters, let the story's next run go.
-local function finish(event, data, fields, was_awaiting)
-  local flow = cjson.decode(redis.call('HGET', R.record, 'flow'))
-  redis.call('HINCRBYFLOAT', R.metrics, 'storyflow_runs_finished_total|flow=' .. flow .. ',status=' .. event, 1)
-  redis.call('DEL', R.lease)
-  redis.call('SREM', R.active, R.job_id)
-  if was_awaiting then redis.call('ZREM', R.awaiting, R.member) end
-  redis.call('HSET', R.record, unpack(fields))
-  redis.call('EXPIRE', R.record, R.ttl)
-  emit(R.events, event, data)
-  redis.call('EXPIRE', R.events, R.ttl)
-  -- Its entries in the run indexes go when the record expires (RunStore.forget_expired).
-  redis.call('ZADD', R.expiring, R.now_ms + 1000 * R.ttl, R.member)
-  redis.call('PUBLISH', R.channel, R.message)
-  advance_story(R.story_queue, R.arq_queue, R.wake, R.job_id, R.now_ms)
-end
-
 -- ---- After a transition: webhooks, batch counts, per-minute figures -------------------------------
 
 local RECORD_FIELDS = {%RECORD_FIELDS%}
@@ -160,26 +143,53 @@ local function batch_moved(key, before, after)
   end
 end
 
-local function count_minute(status)
+local function count_minute(status, usage)
   local key = R.minute_prefix .. math.floor(R.now_ms / 60000)
   redis.call('HINCRBY', key, R.tenant .. '|' .. status, 1)
-  local usage = redis.call('HGET', R.record, 'usage')
   local tokens = usage and cjson.decode(usage).total_tokens or 0
   if tokens > 0 then redis.call('HINCRBY', key, R.tenant .. '|tokens', tokens) end
   redis.call('EXPIRE', key, %MINUTE_STATS_TTL_S%)
 end
 
--- Called after every script that may change a run's status, with the status read before it ran.
-local function after_transition(before_raw)
-  local f = redis.call('HMGET', R.record, 'status', 'batch_id', 'webhook_url')
-  if not f[1] or f[1] == before_raw then return end
-  local before = before_raw and cjson.decode(before_raw) or nil
-  local after = cjson.decode(f[1])
-  if is_terminal(after) then count_minute(after) end
-  if f[2] and f[2] ~= 'null' then batch_moved(R.batch_prefix .. cjson.decode(f[2]), before, after) end
-  if f[3] and (is_terminal(after) or after == 'awaiting_input') then
-    queue_delivery(f[3], R.record, function()
+-- The run moved from `before` (nil: a new run) to `after`: its batch's counts, its webhook, the
+-- minute's figures. `batch_raw`, `hook_raw`, `usage_raw`: its batch_id, webhook_url, usage as stored.
+local function moved(before, after, batch_raw, hook_raw, usage_raw)
+  if before == after then return end
+  if is_terminal(after) then count_minute(after, usage_raw) end
+  if batch_raw and batch_raw ~= 'null' then batch_moved(R.batch_prefix .. cjson.decode(batch_raw), before, after) end
+  if hook_raw and (is_terminal(after) or after == 'awaiting_input') then
+    queue_delivery(hook_raw, R.record, function()
       return '{"type":"run.' .. after .. '","timestamp":' .. R.now_iso .. ',"data":' .. record_json(R.record) .. '}'
     end)
   end
+end
+
+-- The value of `name` in a flat (name, value, ...) list, if it is there.
+local function field_in(list, name, from)
+  for i = from or 1, #list - 1, 2 do
+    if list[i] == name then return list[i + 1] end
+  end
+  return nil
+end
+
+-- The fields every transition needs to know where the run was: status, batch_id, webhook_url.
+local MOVE_FIELDS = {'status', 'batch_id', 'webhook_url'}
+
+-- The run has ended (complete, failed, cancelled): record it, tell waiters, let the story's next run go.
+local function finish(event, data, fields, was_awaiting)
+  local f = redis.call('HMGET', R.record, 'flow', 'status', 'batch_id', 'webhook_url', 'usage')
+  local flow = cjson.decode(f[1])
+  redis.call('HINCRBYFLOAT', R.metrics, 'storyflow_runs_finished_total|flow=' .. flow .. ',status=' .. event, 1)
+  redis.call('DEL', R.lease)
+  redis.call('SREM', R.active, R.job_id)
+  if was_awaiting then redis.call('ZREM', R.awaiting, R.member) end
+  redis.call('HSET', R.record, unpack(fields))
+  redis.call('EXPIRE', R.record, R.ttl)
+  emit(R.events, event, data)
+  redis.call('EXPIRE', R.events, R.ttl)
+  -- Its entries in the run indexes go when the record expires (RunStore.forget_expired).
+  redis.call('ZADD', R.expiring, R.now_ms + 1000 * R.ttl, R.member)
+  redis.call('PUBLISH', R.channel, R.message)
+  advance_story(R.story_queue, R.arq_queue, R.wake, R.job_id, R.now_ms)
+  moved(cjson.decode(f[2]), event, f[3], f[4], field_in(fields, 'usage') or f[5])
 end

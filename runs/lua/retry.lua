@@ -2,11 +2,11 @@
 -- checkpoint the caller computed. Returns 'queued', 'not_finished' or 'changed' (it moved meanwhile).
 -- ARGV: attempts as read, job payload, payload ttl ms, counted fields, counted (event, data) pairs
 local a = FIRST_ARG
-local raw = redis.call('HGET', R.record, 'status')
-if not raw then return 'missing' end
-local status = cjson.decode(raw)
+local m = redis.call('HMGET', R.record, 'status', 'batch_id', 'webhook_url', 'attempts')
+if not m[1] then return 'missing' end
+local status = cjson.decode(m[1])
 if status ~= 'failed' and status ~= 'cancelled' then return 'not_finished' end
-if redis.call('HGET', R.record, 'attempts') ~= ARGV[a] then return 'changed' end
+if m[4] ~= ARGV[a] then return 'changed' end
 local fields, at = counted(a + 3)
 local events = counted(at)
 redis.call('HSET', R.record, unpack(fields))
@@ -21,4 +21,5 @@ if redis.call('RPUSH', R.story_queue, R.job_id) == 1 then
 else
   redis.call('PSETEX', R.arq_job, ARGV[a + 2], ARGV[a + 1])
 end
+moved(status, 'queued', m[2], m[3])
 return 'queued'

@@ -27,7 +27,7 @@ if tonumber(ARGV[a + 6]) > 0 then
 end
 redis.call('SADD', R.active, R.job_id)
 redis.call('HSET', R.record, unpack(ARGV, a + 10))
-local flow = cjson.decode(redis.call('HGET', R.record, 'flow'))
+local flow = cjson.decode(field_in(ARGV, 'flow', a + 10))
 redis.call('HINCRBYFLOAT', R.metrics, 'storyflow_runs_submitted_total|flow=' .. flow, 1)
 redis.call('PSETEX', R.arq_job, payload_ttl, payload)
 if redis.call('RPUSH', R.story_queue, R.job_id) == 1 then
@@ -38,4 +38,5 @@ redis.call('ZADD', runs_index, score, R.job_id)
 redis.call('ZADD', story_index, score, R.job_id)
 if batch_runs ~= '' then redis.call('ZADD', batch_runs, score, R.job_id) end
 if ARGV[a + 8] == '1' then redis.call('SET', idem, R.job_id .. ' ' .. ARGV[a + 9], 'EX', ARGV[a + 4]) end
+moved(nil, 'queued', field_in(ARGV, 'batch_id', a + 10), field_in(ARGV, 'webhook_url', a + 10))
 return {'queued', R.job_id}
