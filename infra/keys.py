@@ -21,6 +21,7 @@ ARQ_QUEUE = arq_constants.default_queue_name
 ARQ_JOB_PREFIX = arq_constants.job_key_prefix
 ARQ_IN_PROGRESS_PREFIX = arq_constants.in_progress_key_prefix
 ARQ_ABORT_SET = arq_constants.abort_jobs_ss
+ARQ_RETRY_PREFIX = arq_constants.retry_key_prefix
 
 WAKE_LIST = f"{PREFIX}:wake"  # workers BLPOP it to pick up new runs at once
 WORKERS_SEEN = f"{PREFIX}:workers:seen"  # zset worker id -> last heartbeat (ms)
@@ -103,6 +104,10 @@ def arq_job(job_id: str) -> str:
 
 def arq_in_progress(job_id: str) -> str:
     return ARQ_IN_PROGRESS_PREFIX + job_id
+
+
+def arq_retry(job_id: str) -> str:
+    return ARQ_RETRY_PREFIX + job_id
 
 
 # The fleet's LLM rate limits, per model (agents/llm/ratelimit.lua).

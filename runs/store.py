@@ -382,13 +382,13 @@ class RunStore:
             attempt.token, event, _j(data), *_counted(_pairs(fields)), *_counted(_events(earlier)),
             *(memory_writes or []),
         ]  # fmt: skip
-        return bool(await self._call("finish", *self._who(attempt), args))
+        return bool(await self._call("finish", *self._who(attempt), args, extra_keys=[keys.arq_retry(attempt.job_id)]))
 
     async def await_input(
         self, attempt: Attempt, deadline_ms: int, fields: dict[str, Any], events: list[Event]
     ) -> bool:
         args = [attempt.token, deadline_ms, *_counted(_pairs(fields)), *_counted(_events(events))]
-        return bool(await self._call("await", *self._who(attempt), args))
+        return bool(await self._call("await", *self._who(attempt), args, extra_keys=[keys.arq_retry(attempt.job_id)]))
 
     async def rearm(self, tenant: str, job_id: str, story_id: str, flow: str) -> bool:
         """Put a run queued again back in arq's queue if arq's cleanup of its last job took it away."""

@@ -5,8 +5,11 @@ pyproject.toml; tests/test_arq_compat.py fails loudly when a release moves any o
   to block on a wake-up list between polls and to outlive Redis outages, where arq's loop exits.
 - `start_jobs(job_ids)`: arq re-checks each of its own running jobs with WATCH/EXISTS/ZSCORE on
   every poll; the override skips the jobs this worker already runs.
-- `finish_job(job_id, ...)`: arq deletes a finished job's payload and queue entry; a run queued
-  again meanwhile (a person answered, a retry) gets them back right after (`job_finished`).
+- `finish_job(job_id, ...)`: arq deletes a finished job's payload, retry counter, in-progress marker,
+  abort and queue entries in a transaction of its own. When the run's own script already did that
+  (runs/lua/common.lua `end_arq_job`: the run ended or awaits a person), it is skipped: one round trip
+  less per run, and no race with the run being queued again meanwhile. Otherwise a run queued again
+  meanwhile (a retry after a cancel) gets its job back right after (`job_finished`).
 - `_release_sem_dec_counter_on_complete()`: called when a job frees its slot; it wakes the loop
   that waits for a slot instead of polling.
 - `in_progress_timeout_s`: arq's in-progress marker doubles as the run's lease, so it expires
@@ -39,6 +42,10 @@ class ArqCompat(Worker):
     async def job_finished(self, job_id: str) -> None:
         """After arq has finished a job (deleted its payload and queue entry); for subclasses."""
 
+    def job_ended_by_run(self, job_id: str) -> bool:
+        """Whether the run's own script has already ended this arq job (and forget it); for subclasses."""
+        return False
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         # Skip only jobs still running here: a finished one waits in `tasks` for arq's cleanup, and the
         # same job id may be queued again by then (a person answered, a retry).
@@ -48,8 +55,10 @@ class ArqCompat(Worker):
         task = self.tasks.get(job_id)
         return task is not None and not task.done()
 
-    async def finish_job(self, job_id: str, *args: Any) -> None:
-        await super().finish_job(job_id, *args)
+    async def finish_job(self, job_id: str, finish: bool, *args: Any) -> None:
+        if finish and self.job_ended_by_run(job_id):
+            return
+        await super().finish_job(job_id, finish, *args)
         await self.job_finished(job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:

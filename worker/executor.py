@@ -49,6 +49,8 @@ class FlowExecutor:
         # Runs whose arq job ended while the run did not (awaiting input, cancelled mid-run): after arq's
         # cleanup of the job, `rearm` puts them back if they were queued again meanwhile.
         self.to_rearm: dict[str, tuple[str, str, str]] = {}
+        # Runs whose finish or pause script also ended their arq job: arq's own cleanup is skipped.
+        self.arq_jobs_ended: set[str] = set()
 
     async def execute(self, tenant: str, job_id: str, story_id: str, flow: str) -> str:
         try:
@@ -69,8 +71,7 @@ class FlowExecutor:
         except asyncio.CancelledError:
             self.to_rearm[job_id] = (tenant, story_id, attempt.flow)
             raise
-        if outcome == "awaiting_input":
-            self.to_rearm[job_id] = (tenant, story_id, attempt.flow)
+        self.arq_jobs_ended.add(job_id)
         seconds = time.monotonic() - started
         self.metrics.observe("storyflow_run_duration_seconds", seconds, flow=attempt.flow, status=outcome)
         logger.info("run %s", outcome, extra={**log, "attempt": attempt.number, "duration_s": round(seconds, 4)})

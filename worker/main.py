@@ -131,6 +131,13 @@ class StoryflowWorker(ArqCompat):
                 executor.metrics.restore(flushed)
                 raise
 
+    def job_ended_by_run(self, job_id: str) -> bool:
+        ended: set[str] = self.ctx["executor"].arq_jobs_ended
+        if job_id in ended:
+            ended.discard(job_id)
+            return True
+        return False
+
     async def job_finished(self, job_id: str) -> None:
         # A run queued again while arq was finishing its last job gets its job back.
         await self.ctx["executor"].rearm_if_needed(job_id)

@@ -66,6 +66,15 @@ local function emit_all(pairs_list)
   for i = 1, #pairs_list, 2 do emit(R.events, pairs_list[i], pairs_list[i + 1]) end
 end
 
+-- The worker's attempt has ended the arq job (the run ended or awaits a person): what arq's
+-- finish_job would do next, done here in the same script (worker/arq_compat.py skips it then).
+-- `retry_key` is arq's retry counter of the job.
+local function end_arq_job(retry_key)
+  redis.call('DEL', R.in_progress, R.arq_job, retry_key)
+  redis.call('ZREM', R.abort, R.job_id)
+  redis.call('ZREM', R.arq_queue, R.job_id)
+end
+
 local function holds_lease(token)
   return redis.call('GET', R.lease) == token
 end
