@@ -7,6 +7,7 @@ may report progress or end the run only while the lease key still holds its toke
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from infra import keys
 from infra.redis import dumps_job
@@ -142,9 +144,29 @@ class RunStore:
         self, name: str, tenant: str, job_id: str, story_id: str, args: list[Any], *,
         extra_keys: list[str] | None = None, client: Pipeline | None = None,
     ) -> Any:  # fmt: skip
+        """Run script `name` now, or queue it on `client` (a pipeline run by `pipelined`)."""
         script_keys = self._run_keys(tenant, job_id, story_id) + (extra_keys or [])
         script_args = self._run_argv(tenant, job_id, story_id) + args
-        return await self._scripts[name](keys=script_keys, args=script_args, client=client)
+        if client is not None:
+            client.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *script_args)
+            return None
+        return await self._scripts[name](keys=script_keys, args=script_args)
+
+    async def pipelined(self, build: Callable[[Pipeline], Awaitable[None]]) -> list[Any]:
+        """The replies of the commands `build` queues, in one round trip. Scripts go as EVALSHA with no
+        SCRIPT EXISTS round trip first (redis-py's way); if Redis lost them (a restart without its data,
+        SCRIPT FLUSH) nothing of them ran: they are loaded and the whole pipeline is sent once more."""
+        for last_try in (False, True):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await build(pipe)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if last_try:
+                        raise
+            for script in self._scripts.values():
+                await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     # --- API side -------------------------------------------------------------------------
 
@@ -188,12 +210,13 @@ class RunStore:
 
     async def submit_many(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[SubmitOutcome]:
         """Submit (tenant, job_id, fields) items in one pipelined round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def build(pipe: Pipeline) -> None:
             for tenant, job_id, fields in items:
                 extra, args = self._submit_call(tenant, job_id, **fields)
                 await self._call("submit", tenant, job_id, fields["story_id"], args, extra_keys=extra, client=pipe)
-            replies = await pipe.execute()
-        return [self._outcome(reply) for reply in replies]
+
+        return [self._outcome(reply) for reply in await self.pipelined(build)]
 
     async def get(self, tenant: str, job_id: str) -> dict[str, Any] | None:
         values = await self.redis.hmget(keys.run(tenant, job_id), list(RECORD_FIELDS))  # type: ignore[misc]
@@ -293,10 +316,12 @@ class RunStore:
 
     async def cancel_many(self, tenant: str, runs: list[tuple[str, str]]) -> list[str]:
         """Cancel (job_id, story_id) runs in one pipelined round trip; each answer as `cancel` gives it."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def build(pipe: Pipeline) -> None:
             for job_id, story_id in runs:
                 await self._call("cancel", tenant, job_id, story_id, [], client=pipe)
-            return [reply.decode() for reply in await pipe.execute()]
+
+        return [reply.decode() for reply in await self.pipelined(build)]
 
     async def retry(self, tenant: str, record: dict[str, Any], fields: dict[str, Any], events: list[Event]) -> str:
         """'queued', 'not_finished', 'changed' or 'missing'; `fields` as runs/checkpoint.py computed them."""
@@ -306,7 +331,8 @@ class RunStore:
         self, tenant: str, runs: list[tuple[dict[str, Any], dict[str, Any], list[Event]]]
     ) -> list[str]:
         """Retry (record, fields, events) runs in one pipelined round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def build(pipe: Pipeline) -> None:
             for record, fields, events in runs:
                 job_id, story_id = record["job_id"], record["story_id"]
                 payload = job_payload(tenant, job_id, story_id, record["flow"])
@@ -315,7 +341,8 @@ class RunStore:
                     *_counted(_events(events)),
                 ]  # fmt: skip
                 await self._call("retry", tenant, job_id, story_id, args, client=pipe)
-            return [reply.decode() for reply in await pipe.execute()]
+
+        return [reply.decode() for reply in await self.pipelined(build)]
 
     async def answer(
         self, tenant: str, record: dict[str, Any], awaiting_raw: str, fields: dict[str, Any], events: list[Event]

@@ -199,3 +199,17 @@ async def test_a_10000_run_batch_fits_in_one_request(client: httpx.AsyncClient) 
     created = await create(client, {"runs": runs(10000)})
     assert len(created["items"]) == 10000
     assert (await batch(client, created["batch_id"]))["counts"]["queued"] == 10000
+
+
+async def test_scripts_redis_lost_are_loaded_again_by_pipelines(
+    client: httpx.AsyncClient, background_worker: Any, redis: Redis
+) -> None:
+    """Pipelined scripts go without SCRIPT EXISTS: after SCRIPT FLUSH (as after a restart that lost them)
+    they are loaded and sent again, by the API (a batch) and by the worker (starting a run)."""
+    await until_finished(client, (await create(client, {"runs": runs(2)}))["batch_id"])
+    await redis.script_flush()
+    created = await create(client, {"runs": runs(3)})
+    assert [item["status"] for item in created["items"]] == ["queued"] * 3
+    await redis.script_flush()
+    done = await until_finished(client, created["batch_id"])
+    assert done["counts"] == zero_counts(complete=3)

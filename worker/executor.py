@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from arq.worker import Retry
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -92,13 +93,15 @@ class FlowExecutor:
         agents, doc_ids = (list(spec.agents), list(spec.requires_docs)) if spec else ([], [])
         start = spec.graph.nodes[spec.graph.start] if spec else None
         token = uuid.uuid4().hex
-        async with self.store.redis.pipeline(transaction=False) as pipe:
+
+        async def build(pipe: Pipeline) -> None:
             await self.store.queue_begin(
                 pipe, tenant, job_id, story_id, token, lease_ms=self.lease_ms, max_attempts=self.settings.max_attempts,
                 first_node=start.name if start and start.agent else None, first_agent=start.agent if start else None,
             )  # fmt: skip
             queue_story_context_reads(pipe, tenant, story_id, agents, doc_ids)
-            replies = await pipe.execute()
+
+        replies = await self.store.pipelined(build)
         begun = self.store.begun(replies[0], tenant, job_id, token)
         return begun, story_context_from(replies[1:], agents, doc_ids) if spec else None
 
