@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -174,6 +175,7 @@ async def in_flight(stack: Stack, runs: int = 1000) -> dict[str, float]:
 
         await wait_until(drained, timeout=120, interval=0.5, what="the 1000 runs to finish")
     await stack.flush()
+    print("lag p99 per heartbeat (ms):", lags, file=sys.stderr)
     return {"most_in_flight": most, "lag_p99_ms": max(lags) if lags else float("nan")}
 
 

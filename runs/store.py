@@ -426,12 +426,14 @@ class RunStore:
         """Give the run back (graceful stop): the attempt does not count; the next resumes from the checkpoint."""
         return bool(await self._call("requeue", *self._who(attempt), [attempt.token]))
 
-    async def stream_tokens(self, attempt: Attempt, events: list[Event]) -> None:
-        """Token events: plain appends (one command each), not fenced: they carry no state."""
-        stream = keys.run_events(attempt.tenant, attempt.job_id)
+    async def stream_tokens(self, batches: list[tuple[Attempt, list[Event]]]) -> None:
+        """Token events of any number of runs in one round trip: plain appends (one command each), not
+        fenced: they carry no state."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name, data in events:
-                pipe.xadd(stream, {"event": name, "data": _j(data)}, maxlen=EVENTS_MAXLEN, approximate=True)
+            for attempt, events in batches:
+                stream = keys.run_events(attempt.tenant, attempt.job_id)
+                for name, data in events:
+                    pipe.xadd(stream, {"event": name, "data": _j(data)}, maxlen=EVENTS_MAXLEN, approximate=True)
             await pipe.execute()
 
     @staticmethod

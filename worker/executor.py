@@ -30,7 +30,7 @@ from memory.store import StoryContext, queue_story_context_reads, story_context_
 from runs.model import Attempt
 from runs.store import Begun, RunStore
 from worker.instrumentation import MeteredLLM
-from worker.run_context import WorkerRunContext
+from worker.run_context import TokenFlusher, WorkerRunContext
 
 logger = logging.getLogger("storyflow.worker")
 HAND_BACK_BUDGET_S = 1.0
@@ -46,6 +46,7 @@ class FlowExecutor:
         self.metrics = LocalMetrics()
         self.llm = MeteredLLM(llm, self.metrics)
         self.lease_ms = int(settings.lease_seconds * 1000)
+        self.tokens = TokenFlusher(store, settings.token_flush_ms / 1000)
         self.runs_done = 0
         # Runs whose arq job ended while the run did not (awaiting input, cancelled mid-run): after arq's
         # cleanup of the job, `rearm` puts them back if they were queued again meanwhile.
@@ -165,8 +166,9 @@ class FlowExecutor:
         if context.missing_docs:
             return await self._fail_at_start(begun, "missing_documents", f"documents missing: {context.missing_docs}")
         run = WorkerRunContext(
-            self.settings, self.store, begun, spec.graph, context.docs, context.memory, self.metrics, self.llm.model
-        )
+            self.settings, self.store, begun, spec.graph, context.docs, context.memory, self.metrics, self.llm.model,
+            self.tokens,
+        )  # fmt: skip
         try:
             async with asyncio.timeout(self.settings.job_timeout):
                 await self._run_flow(run, spec)

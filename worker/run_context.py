@@ -29,24 +29,64 @@ from runs.model import Attempt, Event, RunStatus
 from runs.store import Begun, RunStore
 
 
+class TokenFlusher:
+    """One per worker process: every STORYFLOW_TOKEN_FLUSH_MS, the token events every streaming step
+    has gathered go to Redis in one pipeline: a thousand runs streaming at once cost one round trip
+    per interval, not a thousand."""
+
+    def __init__(self, store: RunStore, flush_s: float) -> None:
+        self.store, self.flush_s = store, flush_s
+        self.waiting: dict[TokenSink, None] = {}  # sinks with events to send, in order
+        self.sending: asyncio.Task[None] | None = None  # the round trip under way
+        self._timer: asyncio.Task[None] | None = None
+
+    def wake(self, sink: TokenSink) -> None:
+        self.waiting[sink] = None
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_s)
+        previous = self.sending
+        if previous is not None:  # one round trip at a time, so a stream's events keep their order
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(previous)
+        self._timer = None
+        batches = [(sink.attempt, sink.take()) for sink in self.waiting]
+        self.waiting.clear()
+        self.sending = asyncio.current_task()
+        try:
+            # Tokens are a view of work in progress; losing some to an outage loses no state (the output is kept).
+            with contextlib.suppress(RedisError, OSError):
+                await self.store.stream_tokens([batch for batch in batches if batch[1]])
+        finally:
+            if self.sending is asyncio.current_task():
+                self.sending = None
+
+    async def settled(self, sink: TokenSink) -> None:
+        """The sink's events already handed over are in Redis (or lost to an outage)."""
+        self.waiting.pop(sink, None)
+        if self.sending is not None and self.sending is not asyncio.current_task():
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(self.sending)
+
+
 class TokenSink:
     """A step's streamed answer as `token` events, coalesced: one event per STORYFLOW_TOKEN_FLUSH_MS.
 
     At a node that chooses an action, the last line is held back until the answer is complete, so
     the `ACTION:` line never reaches the stream; then the rest is sent, and the events of a visit
     always join up to exactly its output. What is left when the step ends travels with the step's
-    report (one round trip less per step).
+    report.
     """
 
-    def __init__(self, store: RunStore, attempt: Attempt, node: str, flush_s: float, hold_last_line: bool) -> None:
-        self.store, self.attempt, self.node = store, attempt, node
-        self.flush_s, self.hold_last_line = flush_s, hold_last_line
+    def __init__(self, flusher: TokenFlusher, attempt: Attempt, node: str, hold_last_line: bool) -> None:
+        self.flusher, self.attempt, self.node = flusher, attempt, node
+        self.hold_last_line = hold_last_line
         self.received = ""  # the answer so far, as the model sent it
         self.queued = 0  # how much of `received` is sent or about to be
         self.pending: list[Event] = []
         self._restart = False
-        self._timer: asyncio.Task[None] | None = None
-        self._sending: asyncio.Task[None] | None = None
 
     async def write(self, text: str, restart: bool) -> None:
         if restart:
@@ -56,8 +96,12 @@ class TokenSink:
         if end > self.queued:
             self._queue(self.received[self.queued : end])
             self.queued = end
-        if self.pending and self._timer is None:
-            self._timer = asyncio.create_task(self._flush_later())
+        if self.pending:
+            self.flusher.wake(self)
+
+    def take(self) -> list[Event]:
+        events, self.pending = _coalesce(self.pending), []
+        return events
 
     async def finish(self, output: str) -> list[Event]:
         """The step's output is known: the token events the stream has not had yet, to send with the
@@ -68,14 +112,8 @@ class TokenSink:
         else:
             self._restart = True
             self._queue(output)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._sending is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await asyncio.shield(self._sending)
-        events, self.pending = _coalesce(self.pending), []
-        return events
+        await self.flusher.settled(self)
+        return self.take()
 
     def _queue(self, text: str) -> None:
         if not text:
@@ -85,18 +123,6 @@ class TokenSink:
             data["restart"] = True
             self._restart = False
         self.pending.append(("token", data))
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.flush_s)
-        self._timer = None
-        if not self.pending:
-            return
-        events, self.pending = _coalesce(self.pending), []
-        self._sending = asyncio.current_task()
-        # Tokens are a view of work in progress; losing some to an outage loses no state (the output is kept).
-        with contextlib.suppress(RedisError, OSError):
-            await self.store.stream_tokens(self.attempt, events)
-        self._sending = None
 
 
 def _coalesce(events: list[Event]) -> list[Event]:
@@ -115,9 +141,10 @@ class WorkerRunContext:
 
     def __init__(
         self, settings: Settings, store: RunStore, begun: Begun, graph: FlowGraph, docs: dict[str, str],
-        memory: MemoryManager, metrics: LocalMetrics, model: str,
+        memory: MemoryManager, metrics: LocalMetrics, model: str, tokens: TokenFlusher,
     ) -> None:  # fmt: skip
         self.settings, self.store, self.graph, self.metrics, self.model = settings, store, graph, metrics, model
+        self.tokens = tokens
         self.attempt = begun.attempt
         self.job_id, self.story_id, self.flow, self.input = (
             self.attempt.job_id,
@@ -169,7 +196,7 @@ class WorkerRunContext:
         visit = self._visit(node)
         self.step_usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.step_started_at = time.monotonic()
-        sink = TokenSink(self.store, self.attempt, node.name, self.settings.token_flush_ms / 1000, bool(node.on))
+        sink = TokenSink(self.tokens, self.attempt, node.name, bool(node.on))
         self.sinks[node.name] = sink
         if self.announced == node.name and len(self.steps) == 1:
             self.announced = None  # BEGIN wrote this step's start
