@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from agents.registry import load_catalog
+from api.dashboard import mount_dashboard
 from api.errors import install_error_handlers
 from api.event_fanout import EventFanout
 from api.routes import batches, docs, events, flows, health, memory, metrics, runs, steps, workers
 from api.routes.swagger import mount_swagger
-from api.ui import router as ui_router
 from api.waiting import FinishedRuns
 from infra import VERSION
 from infra.redis import create_redis
@@ -64,6 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (runs, steps, events, docs, memory, flows, health, workers, metrics):
         app.include_router(module.router)
     app.include_router(batches.build_router(settings.max_batches_body_bytes))
-    app.include_router(ui_router)
+    mount_dashboard(app)
     mount_swagger(app)
     return app

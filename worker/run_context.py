@@ -92,7 +92,9 @@ class TokenSink:
         if restart:
             self.received, self.queued, self._restart = "", 0, True
         self.received += text
-        end = self.received.rfind("\n") + 1 if self.hold_last_line else len(self.received)
+        # At a node that chooses an action, the line break before the last line waits with it: the output
+        # ends before it once the ACTION line is taken off.
+        end = self.received.rfind("\n") if self.hold_last_line else len(self.received)
         if end > self.queued:
             self._queue(self.received[self.queued : end])
             self.queued = end
