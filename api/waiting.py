@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import orjson
 from redis.asyncio import Redis
@@ -42,19 +44,30 @@ class FinishedRuns:
             await asyncio.gather(self._listener, return_exceptions=True)
 
     async def wait(self, tenant: str, job_id: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Whether the run stopped within `timeout`; it may have stopped before this was called."""
+        with self.watching(tenant, job_id) as woken:
+            if await self._finished(tenant, job_id):
+                return True
+            return await self.until(woken, tenant, job_id, timeout)
+
+    @contextlib.contextmanager
+    def watching(self, tenant: str, job_id: str) -> Iterator[asyncio.Future[None]]:
+        """A future done when the run stops. Watching a run before it is submitted needs no check that
+        it stopped before: `until` then costs Redis nothing unless it times out."""
         name = f"{tenant}:{job_id}"
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(name, set()).add(woken)
         try:
-            if await self._finished(tenant, job_id):
-                return True
-            await asyncio.wait([woken], timeout=timeout)
-            return woken.done() or await self._finished(tenant, job_id)
+            yield woken
         finally:
             waiters = self._waiters.get(name, set())
             waiters.discard(woken)
             if not waiters:
                 self._waiters.pop(name, None)
+
+    async def until(self, woken: asyncio.Future[None], tenant: str, job_id: str, timeout: float) -> bool:  # noqa: ASYNC109
+        await asyncio.wait([woken], timeout=timeout)
+        return woken.done() or await self._finished(tenant, job_id)
 
     async def _finished(self, tenant: str, job_id: str) -> bool:
         status = await self.redis.hget(keys.run(tenant, job_id), "status")  # type: ignore[misc]

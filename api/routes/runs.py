@@ -15,6 +15,7 @@ from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from api.errors import EscapedJSONResponse, error_responses, unavailable, validation_error
 from api.routing import StrictJSONRoute
 from api.schemas import ID_PATTERN, JOB_ID_PATTERN, BatchRequest, RunAccepted, RunRecord, RunRequest, RunStatusName
+from api.waiting import FinishedRuns
 from infra import safe_url
 from infra.settings import Settings
 from memory.store import missing_documents
@@ -106,16 +107,23 @@ async def submit_run(
     missing = await missing_documents(redis, tenant, list(catalog.flows[body.flow].requires_docs))
     if missing:
         return JSONResponse(RunAccepted(job_id=None, status="pending_docs", pending_docs=missing).model_dump())
-    outcome = await store.submit(tenant, uuid.uuid4().hex, **submit_fields(body, catalog, idempotency_key))
-    if outcome.status == "mismatch":
-        message = "this Idempotency-Key was used with a different body (flow, story_id, input); use a new key"
-        raise HTTPException(422, validation_error("idempotency-key", message, "header"))
-    if outcome.status not in ("queued", "existing") or outcome.job_id is None:
-        return refused(outcome)
-    if wait and await request.app.state.finished_runs.wait(tenant, outcome.job_id, wait):
-        record = await store.get(tenant, outcome.job_id)
-        if record is not None:
-            return JSONResponse(record)
+    job_id = uuid.uuid4().hex
+    finished_runs: FinishedRuns = request.app.state.finished_runs
+    with finished_runs.watching(tenant, job_id) as woken:  # before the submit: its end cannot be missed
+        outcome = await store.submit(tenant, job_id, **submit_fields(body, catalog, idempotency_key))
+        if outcome.status == "mismatch":
+            message = "this Idempotency-Key was used with a different body (flow, story_id, input); use a new key"
+            raise HTTPException(422, validation_error("idempotency-key", message, "header"))
+        if outcome.status not in ("queued", "existing") or outcome.job_id is None:
+            return refused(outcome)
+        if wait:
+            if outcome.job_id == job_id:
+                stopped = await finished_runs.until(woken, tenant, job_id, wait)
+            else:  # an earlier run of this Idempotency-Key, which may have stopped already
+                stopped = await finished_runs.wait(tenant, outcome.job_id, wait)
+            record = await store.get_json(tenant, outcome.job_id) if stopped else None
+            if record is not None:
+                return Response(record, media_type="application/json")
     return accepted(outcome.job_id)
 
 
