@@ -3,8 +3,10 @@ pyproject.toml; tests/test_arq_compat.py fails loudly when a release moves any o
 
 - `_poll_iteration()`: one poll of the queue. storyflow runs its own loop around it (`main`),
   to block on a wake-up list between polls and to outlive Redis outages, where arq's loop exits.
-- `start_jobs(job_ids)`: arq re-checks each of its own running jobs with WATCH/EXISTS/ZSCORE on
-  every poll; the override skips the jobs this worker already runs.
+- `start_jobs(job_ids)`: arq claims each job with WATCH, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC: four
+  round trips a job. The override claims all of a poll's jobs in one script (runs/lua/claim_jobs.lua,
+  the same checks and marker), skips the jobs this worker already runs, then starts them as arq does
+  (its semaphore, counter, `run_job` task and done callback).
 - `finish_job(job_id, ...)`: arq deletes a finished job's payload, retry counter, in-progress marker,
   abort and queue entries in a transaction of its own. When the run's own script already did that
   (runs/lua/common.lua `end_arq_job`: the run ended or awaits a person), it is skipped: one round trip
@@ -24,8 +26,12 @@ import asyncio
 import contextlib
 from typing import Any
 
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
+
+from runs import scripts
 
 CLOSE_BUDGET_S = 2.0  # the last heartbeat, deregistering, closing connections
 
@@ -35,6 +41,7 @@ class ArqCompat(Worker):
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = lease_s
         self.slot_freed = asyncio.Event()
+        self._claim = self.pool.register_script(scripts.plain("claim_jobs"))
 
     async def poll_once(self) -> None:
         await self._poll_iteration()
@@ -49,7 +56,21 @@ class ArqCompat(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         # Skip only jobs still running here: a finished one waits in `tasks` for arq's cleanup, and the
         # same job id may be queued again by then (a person answered, a retry).
-        await super().start_jobs([job_id for job_id in job_ids if not self._running_here(job_id.decode())])
+        wanted = [job_id.decode() for job_id in job_ids if not self._running_here(job_id.decode())]
+        wanted = wanted[: max(0, self.max_jobs - self.job_counter)]
+        if not wanted:
+            return
+        markers = [in_progress_key_prefix + job_id for job_id in wanted]
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        scores = await self._claim(keys=[self.queue_name, *markers], args=[timestamp_ms(), ttl_ms, *wanted])
+        for job_id, score in zip(wanted, scores, strict=True):
+            if score is None:
+                continue  # running elsewhere, finished meanwhile, or deferred
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     def _running_here(self, job_id: str) -> bool:
         task = self.tasks.get(job_id)
