@@ -33,7 +33,8 @@ from redis.exceptions import RedisError
 
 from runs import scripts
 
-CLOSE_BUDGET_S = 2.0  # the last heartbeat, deregistering, closing connections
+CLOSE_BUDGET_S = 2.0
+START_BATCH = 50  # the last heartbeat, deregistering, closing connections
 
 
 class ArqCompat(Worker):
@@ -42,6 +43,7 @@ class ArqCompat(Worker):
         self.in_progress_timeout_s = lease_s
         self.slot_freed = asyncio.Event()
         self._claim = self.pool.register_script(scripts.plain("claim_jobs"))
+        self.more_queued = False  # the last poll read a full page: poll again at once
 
     async def poll_once(self) -> None:
         await self._poll_iteration()
@@ -57,7 +59,10 @@ class ArqCompat(Worker):
         # Skip only jobs still running here: a finished one waits in `tasks` for arq's cleanup, and the
         # same job id may be queued again by then (a person answered, a retry).
         wanted = [job_id.decode() for job_id in job_ids if not self._running_here(job_id.decode())]
-        wanted = wanted[: max(0, self.max_jobs - self.job_counter)]
+        # At most START_BATCH a poll, and the next poll at once: a thousand runs queued together start
+        # in steps, the event loop free for the running ones in between.
+        self.more_queued = len(wanted) > START_BATCH
+        wanted = wanted[: min(START_BATCH, max(0, self.max_jobs - self.job_counter))]
         if not wanted:
             return
         markers = [in_progress_key_prefix + job_id for job_id in wanted]

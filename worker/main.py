@@ -207,6 +207,9 @@ class StoryflowWorker(ArqCompat):
         timeout = min(self.poll_delay_s, BLOCK_CHUNK_S)
         if self._stop.is_set():
             return
+        if self.more_queued and self.job_counter < self.max_jobs:
+            await asyncio.sleep(0)  # let the runs just started go on before the next poll
+            return
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             await self.pool.blpop([keys.WAKE_LIST], timeout=timeout)  # type: ignore[arg-type,misc]
             return

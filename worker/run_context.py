@@ -29,6 +29,9 @@ from runs.model import Attempt, Event, RunStatus
 from runs.store import Begun, RunStore
 
 
+FLUSH_CHUNK = 100  # steps' token events per round trip
+
+
 class TokenFlusher:
     """One per worker process: every STORYFLOW_TOKEN_FLUSH_MS, the token events every streaming step
     has gathered go to Redis in one pipeline: a thousand runs streaming at once cost one round trip
@@ -55,10 +58,12 @@ class TokenFlusher:
         batches = [(sink.attempt, sink.take()) for sink in self.waiting]
         self.waiting.clear()
         self.sending = asyncio.current_task()
+        batches = [batch for batch in batches if batch[1]]
         try:
             # Tokens are a view of work in progress; losing some to an outage loses no state (the output is kept).
             with contextlib.suppress(RedisError, OSError):
-                await self.store.stream_tokens([batch for batch in batches if batch[1]])
+                for start in range(0, len(batches), FLUSH_CHUNK):  # the loop stays free between chunks
+                    await self.store.stream_tokens(batches[start : start + FLUSH_CHUNK])
         finally:
             if self.sending is asyncio.current_task():
                 self.sending = None
