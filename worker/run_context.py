@@ -28,7 +28,6 @@ from runs.checkpoint import PREVIEW_CHARS, Checkpoint, digest, outputs_of, progr
 from runs.model import Attempt, Event, RunStatus
 from runs.store import Begun, RunStore
 
-
 FLUSH_CHUNK = 100  # steps' token events per round trip
 
 
