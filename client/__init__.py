@@ -1,9 +1,12 @@
 """Typed clients for the storyflow HTTP API, and the CLI commands built on them."""
 
-from client._protocol import DEFAULT_URL, MAX_BATCH_SIZE, PollSchedule
+from client._protocol import DEFAULT_URL, MAX_BATCH_SIZE, MAX_BATCHES_SIZE, PollSchedule
 from client.async_client import AsyncStoryflowClient
 from client.errors import StoryflowError, WaitTimeout
 from client.models import (
+    Batch,
+    BatchCounts,
+    BatchCreated,
     BatchInvalid,
     BatchItem,
     BatchRejected,
@@ -24,8 +27,12 @@ from client.sync_client import StoryflowClient
 
 __all__ = [
     "DEFAULT_URL",
+    "MAX_BATCHES_SIZE",
     "MAX_BATCH_SIZE",
     "AsyncStoryflowClient",
+    "Batch",
+    "BatchCounts",
+    "BatchCreated",
     "BatchInvalid",
     "BatchItem",
     "BatchRejected",

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ValidationError
 
 from client.errors import error_from_response, unexpected_body
 from client.models import (
+    Batch,
+    BatchCreated,
     BatchInvalid,
     BatchItem,
     BatchRejected,
@@ -29,7 +31,10 @@ from client.models import (
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 30.0
-MAX_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 1000  # runs per POST /runs/batch
+MAX_BATCHES_SIZE = 10000  # runs per POST /batches
+RUNS_PAGE_SIZE = 500  # the most GET /runs gives in one page
+NEXT_CURSOR = "X-Next-Cursor"
 EVENT_STREAM_RETRIES = 3
 # Answers to `?wait=` arrive only after the wait, so the read timeout must outlast it.
 SERVER_WAIT_MARGIN = 15.0
@@ -102,9 +107,38 @@ def submit_request(
     return SubmitRequest(body=body, headers=headers, params=params, timeout=timeout)
 
 
-def runs_query(story_id: str | None, status: str | None, limit: int | None) -> dict[str, str]:
-    query = {"story_id": story_id, "status": status, "limit": None if limit is None else str(limit)}
+def runs_query(
+    story_id: str | None,
+    status: str | None,
+    limit: int | None,
+    *,
+    batch_id: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, str]:
+    query = {
+        "story_id": story_id,
+        "status": status,
+        "limit": None if limit is None else str(limit),
+        "batch_id": batch_id,
+        "cursor": cursor,
+    }
     return {key: value for key, value in query.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class BatchesRequest:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def batches_request(runs: list[dict[str, Any]], webhook: str | None, idempotency_key: str | None) -> BatchesRequest:
+    body: dict[str, Any] = {"runs": runs} | ({} if webhook is None else {"webhook": webhook})
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return BatchesRequest(body=body, headers=headers)
+
+
+def batches_query(limit: int | None) -> dict[str, str]:
+    return {} if limit is None else {"limit": str(limit)}
 
 
 def retry_body(from_node: str | None) -> dict[str, str]:
@@ -167,6 +201,27 @@ def parse_submit(response: httpx.Response) -> SubmitResult:
 def parse_batch(response: httpx.Response) -> list[BatchItem]:
     items = _unwrap_list(checked_json(response), ("results", "runs", "items"), response)
     return [_parse_batch_item(item, response) for item in items]
+
+
+def parse_batch_created(response: httpx.Response) -> BatchCreated:
+    body = checked_json(response)
+    if not isinstance(body, Mapping) or not isinstance(body.get("batch_id"), str):
+        raise unexpected_body(response, "expected a JSON object with a batch_id")
+    items = [_parse_batch_item(item, response) for item in _unwrap_list(body, ("items",), response)]
+    return BatchCreated(batch_id=body["batch_id"], items=items, created=response.status_code == 201)
+
+
+def parse_batch_info(response: httpx.Response) -> Batch:
+    return parse_model(Batch, checked_json(response), response)
+
+
+def parse_batches(response: httpx.Response) -> list[Batch]:
+    return parse_list(Batch, response, "batches", "items")
+
+
+def parse_runs_page(response: httpx.Response) -> tuple[list[RunRecord], str | None]:
+    """One page of `GET /runs` and the cursor of the next (None: that was the last page)."""
+    return parse_runs(response), response.headers.get(NEXT_CURSOR) or None
 
 
 def parse_record(response: httpx.Response) -> RunRecord:

@@ -14,6 +14,8 @@ import httpx_sse
 from client import _protocol as protocol
 from client.errors import StoryflowError, WaitTimeout, error_from_response, error_from_transport
 from client.models import (
+    Batch,
+    BatchCreated,
     BatchItem,
     DocInfo,
     Document,
@@ -107,6 +109,65 @@ class AsyncStoryflowClient:
 
     async def batch(self, runs: list[dict[str, Any]]) -> list[BatchItem]:
         return protocol.parse_batch(await self._request("POST", "/runs/batch", json={"runs": runs}))
+
+    async def runs(
+        self,
+        *,
+        batch_id: str | None = None,
+        story_id: str | None = None,
+        status: str | None = None,
+        page_size: int = protocol.RUNS_PAGE_SIZE,
+    ) -> list[RunRecord]:
+        """Every run that matches (a batch's, a story's, ...), newest first, read page by page."""
+        records: list[RunRecord] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await self.runs_page(
+                batch_id=batch_id, story_id=story_id, status=status, limit=page_size, cursor=cursor
+            )
+            records.extend(page)
+            if cursor is None:
+                return records
+
+    async def runs_page(
+        self,
+        *,
+        batch_id: str | None = None,
+        story_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of `GET /runs` and the cursor of the next page (None after the last)."""
+        params = protocol.runs_query(story_id, status, limit, batch_id=batch_id, cursor=cursor)
+        return protocol.parse_runs_page(await self._request("GET", "/runs", params=params))
+
+    async def create_batch(
+        self,
+        runs: list[dict[str, Any]],
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchCreated:
+        """`POST /batches`: up to 10000 runs as one batch; the same `idempotency_key` again answers that batch."""
+        request = protocol.batches_request(runs, webhook, idempotency_key)
+        response = await self._request("POST", "/batches", json=request.body, headers=request.headers)
+        return protocol.parse_batch_created(response)
+
+    async def get_batch(self, batch_id: str) -> Batch:
+        return protocol.parse_batch_info(await self._request("GET", f"/batches/{batch_id}"))
+
+    async def list_batches(self, limit: int | None = None) -> list[Batch]:
+        """The tenant's batches, newest first."""
+        params = protocol.batches_query(limit)
+        return protocol.parse_batches(await self._request("GET", "/batches", params=params))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel the batch's unfinished runs; the batch after."""
+        return protocol.parse_batch_info(await self._request("DELETE", f"/batches/{batch_id}"))
+
+    async def retry_batch(self, batch_id: str) -> Batch:
+        """Retry the batch's failed runs; the batch after."""
+        return protocol.parse_batch_info(await self._request("POST", f"/batches/{batch_id}/retry"))
 
     async def flows(self) -> list[FlowInfo]:
         return protocol.parse_flows(await self._request("GET", "/flows"))

@@ -23,7 +23,7 @@ from client import batch as batching
 from client._protocol import DEFAULT_URL, PollSchedule
 from client.async_client import AsyncStoryflowClient
 from client.errors import StoryflowError
-from client.models import PendingDocs, RunEvent, RunRecord
+from client.models import Batch, PendingDocs, RunEvent, RunRecord
 from client.sync_client import StoryflowClient
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts and pipes.")]
@@ -32,6 +32,7 @@ ApiKeyOption = Annotated[
     str | None,
     typer.Option("--api-key", envvar="STORYFLOW_API_KEY", help="API key, sent as a Bearer token.", show_default=False),
 ]
+BATCH_ACTIONS = ("follow", "retry", "cancel")
 STATUS_STYLES = {
     "queued": "cyan",
     "in_progress": "blue",
@@ -205,31 +206,76 @@ class ClientCommands:
 
     def batch(
         self,
-        file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON lines, one run body each.")],
-        out: Annotated[Path | None, typer.Option("--out", help="Results file [default: <FILE>.results.jsonl].")] = None,
-        concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel status polls.")] = 16,
+        target: Annotated[
+            str,
+            typer.Argument(
+                metavar="FILE|ACTION",
+                help="A JSON-lines file (one run body a line), or an action on the batch BATCH_ID.",
+                show_default=False,
+            ),
+        ],
+        batch_id: Annotated[
+            str | None,
+            typer.Argument(metavar="BATCH_ID", help="With follow, retry or cancel: the batch.", show_default=False),
+        ] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Results file (default: FILE.results.jsonl).")] = None,
         restart: Annotated[
-            bool, typer.Option("--restart", help="Forget <FILE>.state.json and submit every line again.")
+            bool, typer.Option("--restart", help="Forget <FILE>.state.json and submit every line as new batches.")
+        ] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="follow, retry, cancel: print the batch as JSON.")
         ] = False,
         url: UrlOption = DEFAULT_URL,
         api_key: ApiKeyOption = None,
     ) -> None:
-        """Submit every run of a JSON-lines file, follow them, write one result line per input line.
+        """Submit a JSON-lines file as batches and follow them; or follow, retry or cancel one batch.
 
-        Resumable: <FILE>.state.json remembers what was submitted, so running the same command
-        again after an interruption submits nothing twice. Exits 1 if any run failed, was
-        cancelled or was invalid.
+        FILE: submit its runs (at most 10000 a batch), print each batch id, show the progress, write the results.
+
+        Interrupted, the same command again resumes (FILE.state.json) and submits no run twice.
+
+        follow | retry | cancel BATCH_ID: follow a batch till nothing moves, retry or cancel its runs; print its counts.
+
+        Exits 1 if any run failed, was cancelled, invalid or rejected.
         """
+        if batch_id is not None:
+            if target not in BATCH_ACTIONS:
+                raise typer.BadParameter(
+                    f"{target!r} is not one of {', '.join(BATCH_ACTIONS)} (storyflow batch ACTION BATCH_ID)",
+                    param_hint="'ACTION'",
+                )
+            self._batch_action(target, batch_id, as_json, url, api_key)
+            return
+        file = Path(target)
+        if not file.is_file():
+            hint = f" (to {target} a batch: storyflow batch {target} BATCH_ID)" if target in BATCH_ACTIONS else ""
+            raise typer.BadParameter(f"no such file: {target}{hint}", param_hint="'FILE'")
         state_path = batching.state_path_for(file)
         results_path = out or batching.results_path_for(file)
-        if restart:
-            state_path.unlink(missing_ok=True)
         with _errors_reported(), _interruption_reported():
+            digest = batching.file_digest(file)
             lines = batching.read_input(file)
-            state = batching.load_state(state_path)
-            counts = _run_batch(self._factory.asynchronous(url, api_key), lines, state, state_path, concurrency)
-            batching.write_results(results_path, lines, state)
-        _report_batch(counts, results_path)
+            if restart:
+                state_path.unlink(missing_ok=True)
+            state = batching.load_state(state_path, digest) or batching.new_state(digest, restart=restart)
+            final, results = _run_batch(self._factory.asynchronous(url, api_key), lines, state, state_path)
+            batching.write_results(results_path, results)
+        _report_batch(final, results_path)
+
+    def _batch_action(self, action: str, batch_id: str, as_json: bool, url: str, api_key: str | None) -> None:
+        with _errors_reported(), _interruption_reported(), self._factory.sync(url, api_key) as client:
+            if action == "cancel":
+                batch = client.cancel_batch(batch_id)
+            elif action == "retry":
+                batch = client.retry_batch(batch_id)
+            else:
+                batch = _follow_batch(client, batch_id)
+        if as_json:
+            typer.echo(batch.model_dump_json())
+        else:
+            typer.echo(_counts_line(batch))
+        if action == "follow" and batch.counts.unsuccessful:
+            raise typer.Exit(1)
 
 
 @contextmanager
@@ -364,19 +410,39 @@ def _run_batch(
     lines: list[batching.InputLine],
     state: batching.BatchState,
     state_path: Path,
-    concurrency: int,
-) -> batching.BatchCounts:
+) -> tuple[batching.Tally, list[dict[str, Any]]]:
     with _batch_progress() as progress:
         display = _BatchDisplay(progress, len(lines))
         runner = batching.BatchRunner(
-            client, lines, state, state_path, concurrency=concurrency, on_change=display.update
+            client, lines, state, state_path, on_batch=_announce_batch, on_change=display.update
         )
         return asyncio.run(_closing_after(client, runner))
 
 
-async def _closing_after(client: AsyncStoryflowClient, runner: batching.BatchRunner) -> batching.BatchCounts:
+def _announce_batch(batch_id: str) -> None:
+    typer.echo(batch_id)  # at once (click flushes), so a script (or a person) can follow it elsewhere
+
+
+async def _closing_after(
+    client: AsyncStoryflowClient, runner: batching.BatchRunner
+) -> tuple[batching.Tally, list[dict[str, Any]]]:
     async with client:
         return await runner.run()
+
+
+def _follow_batch(client: StoryflowClient, batch_id: str) -> Batch:
+    schedule = client.poll_schedule
+    delay = schedule.first_delay
+    with _batch_progress() as progress:
+        batch = client.get_batch(batch_id)
+        display = _BatchDisplay(progress, batch.total)
+        while True:
+            display.update(batching.Tally(total=batch.total, counts=batch.counts))
+            if batch.counts.active == 0:
+                return batch
+            time.sleep(delay)
+            delay = schedule.next_delay(delay)
+            batch = client.get_batch(batch_id)
 
 
 def _batch_progress() -> Progress:
@@ -386,7 +452,7 @@ def _batch_progress() -> Progress:
         MofNCompleteColumn(),
         TextColumn(
             "[green]{task.fields[complete]} done[/] [red]{task.fields[failed]} failed[/] "
-            "[yellow]{task.fields[pending]} pending[/]{task.fields[needs_docs]}"
+            "[yellow]{task.fields[pending]} pending[/]{task.fields[extra]}"
         ),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
@@ -398,34 +464,57 @@ class _BatchDisplay:
     def __init__(self, progress: Progress, total: int) -> None:
         self._progress = progress
         self._task: TaskID = progress.add_task(
-            "batch", total=total, complete=0, failed=0, pending=total, needs_docs="", rate=""
+            "batch", total=total, complete=0, failed=0, pending=total, extra="", rate=""
         )
         self._started = time.monotonic()
-        self._finished_before: int | None = None
+        self._ended_before: int | None = None
 
-    def update(self, counts: batching.BatchCounts) -> None:
-        if self._finished_before is None:
-            self._finished_before = counts.finished
+    def update(self, tally: batching.Tally) -> None:
+        counts = tally.counts
+        if self._ended_before is None:
+            self._ended_before = tally.ended
+        extra = []
+        if counts.awaiting_input:
+            extra.append(f"[magenta]{counts.awaiting_input} await input[/]")
+        if counts.pending_docs:
+            extra.append(f"[magenta]{counts.pending_docs} need docs[/]")
         self._progress.update(
             self._task,
-            completed=counts.finished,
+            total=tally.total,
+            completed=tally.ended,
             complete=counts.complete,
-            failed=counts.failed,
-            pending=counts.unfinished,
-            needs_docs=f" [magenta]{counts.pending_docs} need docs[/]" if counts.pending_docs else "",
-            rate=self._rate(counts.finished - self._finished_before),
+            failed=counts.unsuccessful,
+            pending=counts.active,
+            extra="".join(f" {part}" for part in extra),
+            rate=self._rate(tally.ended - self._ended_before),
         )
 
-    def _rate(self, finished_now: int) -> str:
+    def _rate(self, ended_now: int) -> str:
         elapsed = time.monotonic() - self._started
-        return f"{finished_now / elapsed:.1f} runs/s" if elapsed > 0 and finished_now else ""
+        return f"{ended_now / elapsed:.1f} runs/s" if elapsed > 0 and ended_now else ""
 
 
-def _report_batch(counts: batching.BatchCounts, results_path: Path) -> None:
+def _counts_line(batch: Batch) -> str:
+    """`batch <id>: 8/10 ended (7 complete, 1 failed), 2 queued`, naming only the counts that are not 0."""
+    counts = batch.counts
+    ended = ("complete", "failed", "cancelled", "invalid", "rejected", "pending_docs")
+    moving = ("queued", "in_progress", "awaiting_input")
+    done = sum(getattr(counts, name) for name in ended)
+    detail = ", ".join(f"{getattr(counts, name)} {name}" for name in ended if getattr(counts, name))
+    rest = ", ".join(f"{getattr(counts, name)} {name}" for name in moving if getattr(counts, name))
+    state = "finished" if batch.finished else "not finished"
+    line = f"batch {batch.batch_id}: {done}/{batch.total} ended"
+    line += f" ({detail})" if detail else ""
+    return line + (f", {rest}" if rest else "") + f"; {state}"
+
+
+def _report_batch(final: batching.Tally, results_path: Path) -> None:
+    c = final.counts
     summary = (
-        f"{counts.complete} complete, {counts.failed} failed or invalid, "
-        f"{counts.pending_docs} pending docs; results in {results_path}"
+        f"{c.complete} complete, {c.failed} failed, {c.cancelled} cancelled, {c.invalid} invalid, "
+        f"{c.rejected} rejected, {c.pending_docs} pending docs, {c.awaiting_input} awaiting input; "
+        f"results in {results_path}"
     )
     _stderr().print(escape(summary))
-    if counts.failed:
+    if c.unsuccessful:
         raise typer.Exit(1)

@@ -112,6 +112,48 @@ SubmitResult = RunAccepted | PendingDocs | RunRecord
 BatchItem = RunAccepted | PendingDocs | BatchInvalid | BatchRejected
 
 
+class BatchCounts(_ServerModel):
+    """How many of a batch's runs are in each status (`rejected`: refused by a limit, not queued)."""
+
+    queued: int = 0
+    in_progress: int = 0
+    awaiting_input: int = 0
+    complete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pending_docs: int = 0
+    invalid: int = 0
+    rejected: int = 0
+
+    @property
+    def active(self) -> int:
+        """Runs that still move without anyone acting (queued or running)."""
+        return self.queued + self.in_progress
+
+    @property
+    def unsuccessful(self) -> int:
+        return self.failed + self.cancelled + self.invalid + self.rejected
+
+
+class Batch(_ServerModel):
+    """`GET /batches/{batch_id}`: a batch and the counts of its runs."""
+
+    batch_id: str
+    created_at: datetime | None = None
+    total: int = 0
+    counts: BatchCounts = Field(default_factory=BatchCounts)
+    finished: bool = False
+    webhook: dict[str, Any] | None = None
+
+
+class BatchCreated(BaseModel):
+    """`POST /batches`: the batch's id and one item per run, in order, as `POST /runs/batch` gives them."""
+
+    batch_id: str
+    items: list[BatchItem]
+    created: bool = True  # False: the Idempotency-Key's batch already existed (a 200, not a 201)
+
+
 class FlowInfo(_ServerModel):
     name: str
     agents: list[str] = Field(default_factory=list)

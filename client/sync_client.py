@@ -18,7 +18,18 @@ from anyio.from_thread import start_blocking_portal
 
 from client import _protocol as protocol
 from client.async_client import AsyncStoryflowClient
-from client.models import BatchItem, DocInfo, Document, DocWritten, FlowInfo, RunEvent, RunRecord, SubmitResult
+from client.models import (
+    Batch,
+    BatchCreated,
+    BatchItem,
+    DocInfo,
+    Document,
+    DocWritten,
+    FlowInfo,
+    RunEvent,
+    RunRecord,
+    SubmitResult,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,6 +109,55 @@ class StoryflowClient:
 
     def batch(self, runs: list[dict[str, Any]]) -> list[BatchItem]:
         return self._run(self._async.batch, runs)
+
+    def runs(
+        self,
+        *,
+        batch_id: str | None = None,
+        story_id: str | None = None,
+        status: str | None = None,
+        page_size: int = protocol.RUNS_PAGE_SIZE,
+    ) -> list[RunRecord]:
+        """Every run that matches (a batch's, a story's, ...), newest first, read page by page."""
+        return self._run(self._async.runs, batch_id=batch_id, story_id=story_id, status=status, page_size=page_size)
+
+    def runs_page(
+        self,
+        *,
+        batch_id: str | None = None,
+        story_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of `GET /runs` and the cursor of the next page (None after the last)."""
+        return self._run(
+            self._async.runs_page, batch_id=batch_id, story_id=story_id, status=status, limit=limit, cursor=cursor
+        )
+
+    def create_batch(
+        self,
+        runs: list[dict[str, Any]],
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchCreated:
+        """`POST /batches`: up to 10000 runs as one batch; the same `idempotency_key` again answers that batch."""
+        return self._run(self._async.create_batch, runs, webhook, idempotency_key)
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return self._run(self._async.get_batch, batch_id)
+
+    def list_batches(self, limit: int | None = None) -> list[Batch]:
+        """The tenant's batches, newest first."""
+        return self._run(self._async.list_batches, limit)
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel the batch's unfinished runs; the batch after."""
+        return self._run(self._async.cancel_batch, batch_id)
+
+    def retry_batch(self, batch_id: str) -> Batch:
+        """Retry the batch's failed runs; the batch after."""
+        return self._run(self._async.retry_batch, batch_id)
 
     def flows(self) -> list[FlowInfo]:
         return self._run(self._async.flows)

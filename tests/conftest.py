@@ -25,7 +25,7 @@ from worker.main import build_worker
 ROOT = Path(__file__).resolve().parents[1]
 TEST_AGENTS = "tests.support.agents"
 # Modules of pure logic: no Redis, no processes, no network.
-UNIT_MODULES = {"test_units.py", "test_arq_compat.py", "test_cli_client.py", "test_compose.py"}
+UNIT_MODULES = {"test_units.py", "test_arq_compat.py", "test_cli_client.py", "test_cli_batch.py", "test_compose.py"}
 # Integration modules that take long (fuzzing, rate-limit windows, timeouts): left out of `-m fast`.
 SLOW_MODULES = {
     "test_fuzz.py", "test_llm_limits.py", "test_tls_redis.py", "test_retention.py", "test_event_streams.py",
