@@ -252,10 +252,11 @@ async def test_a_cross_site_post_is_refused(
     assert await site.status(job_id, TENANT_KEY) == "in_progress"
     # The same POST with the session's cookie but without the page's token: 403.
     cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
-    forged = await site.http.post(f"/ui/runs/{job_id}/cancel", data={"csrf": "guess"}, cookies=cookies)
-    assert forged.status_code == 403
-    no_token = await site.http.post(f"/ui/runs/{job_id}/cancel", cookies=cookies)
-    assert no_token.status_code == 403
+    async with httpx.AsyncClient(base_url=site.base, cookies=cookies) as logged_in:
+        forged = await logged_in.post(f"/ui/runs/{job_id}/cancel", data={"csrf": "guess"})
+        assert forged.status_code == 403
+        no_token = await logged_in.post(f"/ui/runs/{job_id}/cancel")
+        assert no_token.status_code == 403
     assert await site.status(job_id, TENANT_KEY) == "in_progress"
     # From the dashboard's own page it works.
     await page.goto(f"/ui/runs/{job_id}")
