@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.finished_runs.start()
         app.state.event_fanout = EventFanout(settings.redis_url, app.state.redis, settings.max_streams_per_tenant)
         app.state.event_fanout.start()
+        gc.freeze()  # what is loaded by now lives as long as the process: out of the collector's way
         try:
             yield
         finally:

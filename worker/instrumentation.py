@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from agents.llm import Completion, LLMClient, OnText, Prompt
 from agents.llm.resilient import ResilientLLM
@@ -39,18 +40,17 @@ class LoopLag:
     """How late the event loop wakes a task that sleeps INTERVAL_S: a loop busy with work it does not
     yield from shows here first. `take()` gives the p99 of the samples since the last take, in ms."""
 
-    INTERVAL_S = 0.05
+    INTERVAL_S = 0.01
 
     def __init__(self) -> None:
         self.samples: list[float] = []
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         with contextlib.suppress(asyncio.CancelledError):
             while True:
-                started = loop.time()
+                started = time.perf_counter()  # not loop.time(): uvloop's clock counts whole milliseconds
                 await asyncio.sleep(self.INTERVAL_S)
-                self.samples.append(loop.time() - started - self.INTERVAL_S)
+                self.samples.append(time.perf_counter() - started - self.INTERVAL_S)
 
     def take(self) -> float:
         samples, self.samples = sorted(self.samples), []
