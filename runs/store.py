@@ -255,7 +255,7 @@ class RunStore:
 
     async def list_page(
         self, tenant: str, *, story_id: str | None, status: str | None, limit: int, cursor: str | None,
-        batch_id: str | None = None,
+        batch_id: str | None = None, flow: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
         """Runs newest first from the tenant's (or story's) index, and the cursor of the next page.
 
@@ -270,6 +270,7 @@ class RunStore:
             index = keys.story_runs_index(tenant, story_id) if story_id else keys.runs_index(tenant)
         start_after = _parse_cursor(cursor)
         upper = str(start_after[0]) if start_after else "+inf"
+        filters = (("status", status), ("story_id", story_id), ("flow", flow))
         runs: list[dict[str, Any]] = []
         expired: list[str] = []
         last: tuple[int, str] | None = None
@@ -287,7 +288,7 @@ class RunStore:
                 last = entry
                 if record is None:
                     expired.append(entry[1])
-                elif status in (None, record["status"]) and story_id in (None, record["story_id"]):
+                elif all(want in (None, record[name]) for name, want in filters):
                     runs.append(record)
                     if len(runs) == limit:
                         break

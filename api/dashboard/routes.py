@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import jinja2
 import orjson
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Header, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from api.dashboard import figures
@@ -29,7 +29,7 @@ from api.dashboard.session import (
 from api.deps import CatalogDep, RedisDep, SettingsDep, StoreDep
 from api.routes import batches as batch_routes
 from api.routes.batches import get_batches
-from api.routes.events import FINISHED
+from api.routes.events import FINISHED, STREAM_ID
 from api.routes.events import run_events as api_run_events
 from api.routes.runs import cancel_run
 from api.routes.steps import answer_input, retry_run
@@ -161,9 +161,10 @@ async def _runs(store: StoreDep, tenant: str, filters: dict[str, str]) -> list[d
     batch = filters.get("batch")
     if (story and not _is_id(story)) or (batch and not JOB_ID.match(batch)):
         return []
-    runs, _ = await store.list_page(tenant, story_id=story, status=status, limit=100, cursor=None, batch_id=batch)
-    flow = filters.get("flow")
-    return [run for run in runs if flow in (None, run["flow"])]
+    runs, _ = await store.list_page(
+        tenant, story_id=story, status=status, limit=100, cursor=None, batch_id=batch, flow=filters.get("flow")
+    )
+    return runs
 
 
 def _is_id(value: str) -> bool:
@@ -247,11 +248,15 @@ async def run_detail(
 
 
 @router.get("/runs/{job_id}/events")
-async def run_events(request: Request, job_id: str, viewer: ViewerDep, store: StoreDep, redis: RedisDep) -> Response:
-    """The run's event stream for the page (the session's tenant, no API key in the browser)."""
+async def run_events(
+    request: Request, job_id: str, viewer: ViewerDep, store: StoreDep, redis: RedisDep,
+    last_event_id: Annotated[str | None, Header(max_length=41, pattern=STREAM_ID)] = None,
+) -> Response:  # fmt: skip
+    """The run's event stream for the page (the session's tenant, no API key in the browser); a
+    reconnecting EventSource goes on after the last event it had."""
     if viewer.is_ops:
         raise HTTPException(404, "run not found")
-    return await api_run_events(request, job_id, viewer.tenant, store, redis)
+    return await api_run_events(request, job_id, viewer.tenant, store, redis, last_event_id)
 
 
 @router.post("/runs/{job_id}/cancel")

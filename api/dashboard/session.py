@@ -39,7 +39,7 @@ class Viewer:
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
     keys = settings.api_keys.get_secret_value() if settings.api_keys else ""
     ops = settings.ops_keys.get_secret_value() if settings.ops_keys else ""
-    secret = hmac.new(b"storyflow-dashboard-session", f"{keys}|{ops}|{settings.redis_url}".encode(), "sha256")
+    secret = hmac.new(b"storyflow-dashboard-session", f"{keys}|{ops}".encode(), "sha256")
     return URLSafeTimedSerializer(secret.hexdigest(), salt="storyflow-dashboard")
 
 

@@ -30,12 +30,6 @@ local function advance_story(story_queue, arq_queue, wake, job_id, now_ms)
   end
 end
 
-local function decode_field(record, field)
-  local raw = redis.call('HGET', record, field)
-  if not raw then return nil end
-  return cjson.decode(raw)
-end
-
 local function is_terminal(status)
   return status == 'complete' or status == 'failed' or status == 'cancelled'
 end
