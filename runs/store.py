@@ -154,19 +154,27 @@ class RunStore:
 
     async def pipelined(self, build: Callable[[Pipeline], Awaitable[None]]) -> list[Any]:
         """The replies of the commands `build` queues, in one round trip. Scripts go as EVALSHA with no
-        SCRIPT EXISTS round trip first (redis-py's way); if Redis lost them (a restart without its data,
-        SCRIPT FLUSH) nothing of them ran: they are loaded and the whole pipeline is sent once more."""
-        for last_try in (False, True):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await build(pipe)
-                try:
-                    return list(await pipe.execute())
-                except NoScriptError:
-                    if last_try:
-                        raise
+        SCRIPT EXISTS round trip first (redis-py's way). If Redis did not have a script (a restart without
+        its data, SCRIPT FLUSH), the scripts are loaded and only the commands that failed so are sent
+        again: while another process loads them, a pipeline's first commands may fail and its last run."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await build(pipe)
+            commands = list(pipe.command_stack)
+            replies = list(await pipe.execute(raise_on_error=False))
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
             for script in self._scripts.values():
                 await self.redis.script_load(script.script)
-        raise AssertionError("unreachable")
+            async with self.redis.pipeline(transaction=False) as again:
+                for i in missing:
+                    args, options = commands[i]
+                    again.execute_command(*args, **options)
+                for i, reply in zip(missing, await again.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     # --- API side -------------------------------------------------------------------------
 

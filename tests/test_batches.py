@@ -213,3 +213,21 @@ async def test_scripts_redis_lost_are_loaded_again_by_pipelines(
     await redis.script_flush()
     done = await until_finished(client, created["batch_id"])
     assert done["counts"] == zero_counts(complete=3)
+
+
+async def test_only_the_commands_redis_lacked_a_script_for_are_sent_again(redis: Redis, settings: Settings) -> None:
+    """While another process loads the scripts, a pipeline's first scripts may fail (NOSCRIPT) and the
+    rest run: sending it all again would submit those runs twice."""
+    store = RunStore(redis, result_ttl=settings.result_ttl, max_queued=settings.max_queued_runs)
+    await redis.script_flush()
+    await redis.script_load(store._scripts["submit"].script)  # loaded; `cancel` is not
+    fields = {"flow": "default", "story_id": "once", "input": "x", "total": 2, "idempotency_key": None}
+    extra, args = store._submit_call("default", "a" * 32, **fields)
+
+    async def build(pipe: Any) -> None:
+        await store._call("submit", "default", "a" * 32, "once", args, extra_keys=extra, client=pipe)
+        await store._call("cancel", "default", "b" * 32, "other", [], client=pipe)
+
+    submitted, cancelled = await store.pipelined(build)
+    assert submitted[0] == b"queued" and cancelled == b"missing"
+    assert await redis.lrange(keys.story_queue("default", "once"), 0, -1) == [b"a" * 32]

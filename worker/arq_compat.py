@@ -60,14 +60,17 @@ class ArqCompat(Worker):
         # same job id may be queued again by then (a person answered, a retry).
         wanted = [job_id.decode() for job_id in job_ids if not self._running_here(job_id.decode())]
         # At most START_BATCH a poll, and the next poll at once: a thousand runs queued together start
-        # in steps, the event loop free for the running ones in between.
-        self.more_queued = len(wanted) > START_BATCH
-        wanted = wanted[: min(START_BATCH, max(0, self.max_jobs - self.job_counter))]
-        if not wanted:
+        # in steps, the event loop free for the running ones in between. Every candidate is offered:
+        # the first may all be running on other workers (they stay in arq's queue while they run).
+        most = min(START_BATCH, self.max_jobs - self.job_counter)
+        self.more_queued = False
+        if not wanted or most <= 0:
             return
         markers = [in_progress_key_prefix + job_id for job_id in wanted]
         ttl_ms = int(self.in_progress_timeout_s * 1000)
-        scores = await self._claim(keys=[self.queue_name, *markers], args=[timestamp_ms(), ttl_ms, *wanted])
+        args: list[int | str] = [timestamp_ms(), ttl_ms, most, *wanted]
+        scores = await self._claim(keys=[self.queue_name, *markers], args=args)
+        self.more_queued = sum(score is not None for score in scores) == most
         for job_id, score in zip(wanted, scores, strict=True):
             if score is None:
                 continue  # running elsewhere, finished meanwhile, or deferred
