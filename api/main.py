@@ -25,7 +25,10 @@ from runs.store import RunStore
 logger = logging.getLogger("storyflow.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
+    """The app; `freeze_gc` (the API process, not tests that build many apps in one process): once
+    started, what is loaded lives as long as the process, out of the collector's way, so that a full
+    collection does not stop the event loop for long."""
     settings = settings or Settings()
     if not settings.redis_url:
         raise RuntimeError("STORYFLOW_REDIS_URL is not set (storyflow up starts an embedded Redis for you)")
@@ -50,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.finished_runs.start()
         app.state.event_fanout = EventFanout(settings.redis_url, app.state.redis, settings.max_streams_per_tenant)
         app.state.event_fanout.start()
-        gc.freeze()  # what is loaded by now lives as long as the process: out of the collector's way
+        if freeze_gc:
+            gc.freeze()
         try:
             yield
         finally:
@@ -69,3 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_dashboard(app)
     mount_swagger(app)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """What `storyflow api` serves (uvicorn's factory)."""
+    return create_app(freeze_gc=True)

@@ -78,7 +78,7 @@ def api(
     configure_logging(settings)
     protocol = bounded_headers_protocol(settings.max_header_bytes, settings.header_timeout)
     uvicorn.run(
-        "api.main:create_app", factory=True, host=host, port=port, loop="uvloop", http=protocol,
+        "api.main:create_served_app", factory=True, host=host, port=port, loop="uvloop", http=protocol,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5, log_config=None,
     )  # fmt: skip
 
