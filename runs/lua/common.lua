@@ -19,14 +19,16 @@ end
 
 -- Remove job_id from its story's queue; if it was the head, the next run of the story may start.
 local function advance_story(story_queue, arq_queue, wake, job_id, now_ms)
-  local head = redis.call('LINDEX', story_queue, 0)
-  redis.call('LREM', story_queue, 1, job_id)
-  if head == job_id then
-    local nxt = redis.call('LINDEX', story_queue, 0)
-    if nxt then
-      redis.call('ZADD', arq_queue, now_ms, nxt)
-      wake_workers(wake)
-    end
+  local head = redis.call('LPOP', story_queue)  -- the run that ends is the head but when it was cancelled
+  if head ~= job_id then
+    if head then redis.call('LPUSH', story_queue, head) end
+    redis.call('LREM', story_queue, 1, job_id)
+    return
+  end
+  local nxt = redis.call('LINDEX', story_queue, 0)
+  if nxt then
+    redis.call('ZADD', arq_queue, now_ms, nxt)
+    wake_workers(wake)
   end
 end
 
@@ -148,10 +150,12 @@ end
 
 local function count_minute(status, usage)
   local key = R.minute_prefix .. math.floor(R.now_ms / 60000)
-  redis.call('HINCRBY', key, R.tenant .. '|' .. status, 1)
+  -- The key gets its expiry with the minute's first count of each field (not with every run).
+  if redis.call('HINCRBY', key, R.tenant .. '|' .. status, 1) == 1 then
+    redis.call('EXPIRE', key, %MINUTE_STATS_TTL_S%)
+  end
   local tokens = usage and cjson.decode(usage).total_tokens or 0
   if tokens > 0 then redis.call('HINCRBY', key, R.tenant .. '|tokens', tokens) end
-  redis.call('EXPIRE', key, %MINUTE_STATS_TTL_S%)
 end
 
 -- The run moved from `before` (nil: a new run) to `after`: its batch's counts, its webhook, the
