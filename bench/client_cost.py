@@ -22,15 +22,18 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import orjson
 
 from bench import arq_baseline
 from bench.harness import HttpConnection, Stack, cpu_seconds, wait_until
-from bench.scenarios import cost_between, cost_snapshot
+from bench.scenarios import Cost, cost_between, cost_snapshot
 from infra import keys
 
+T = TypeVar("T")
 POLL_S = 0.2
 WARMUP = 100
 
@@ -93,27 +96,47 @@ async def with_polling(connection: HttpConnection, index: int) -> int:
             return requests
 
 
+@dataclass
+class Measured(Generic[T]):
+    result: T
+    cpu_s: dict[str, float]  # of each named process, Redis included
+    own_cpu_s: float  # of this process: the load generator, or arq's producer
+    wall_s: float
+    cost: Cost
+
+    def per_run(self, runs: int) -> dict[str, float]:
+        return {
+            **{name: seconds * 1000 / runs for name, seconds in self.cpu_s.items()},
+            "commands": self.cost.total / runs, "per_s": runs / self.wall_s,
+            **{f"cmd:{name}": calls / runs for name, calls in self.cost.calls.items()},
+        }  # fmt: skip
+
+
+async def measure(stack: Stack, pids: dict[str, int], work: Awaitable[T]) -> Measured[T]:
+    """CPU of `pids` and of Redis, this process' own CPU, the time and Redis commands while `work` runs."""
+    meter = Meter({**pids, "redis": stack.redis_server.pid or 0})
+    before = await cost_snapshot(stack)
+    own_before = time.process_time()
+    meter.start()
+    started = time.perf_counter()
+    result = await work
+    wall = time.perf_counter() - started
+    used = meter.stop()
+    own = time.process_time() - own_before
+    return Measured(result, used, own, wall, cost_between(before, await cost_snapshot(stack)))
+
+
 async def storyflow(stack: Stack, runs: int, clients: int, one: Callable[..., Awaitable[int]]) -> dict[str, float]:
     async with stack.api() as port, stack.workers(1) as workers:
         await drive(clients, WARMUP, one, port)
         api = next(child for child in stack.children.running if child.name == "api")
         pids = {"api": api.process.pid, "worker": workers[0].process.pid}
-        meter = Meter({**pids, "redis": stack.redis_server.pid or 0})
-        before = await cost_snapshot(stack)
-        client_before = time.process_time()
-        meter.start()
-        started = time.perf_counter()
-        requests = await drive(clients, runs, one, port)
-        wall = time.perf_counter() - started
-        used = meter.stop()
-        client = time.process_time() - client_before
-        cost = cost_between(before, await cost_snapshot(stack))
+        measured = await measure(stack, pids, drive(clients, runs, one, port))
     await stack.flush()
+    requests = measured.result
     return {
-        **{name: seconds * 1000 / runs for name, seconds in used.items()},
-        "client_per_request": client * 1000 / requests, "requests": requests / runs,
-        "commands": cost.total / runs, "per_s": runs / wall,
-        **{f"cmd:{name}": calls / runs for name, calls in cost.calls.items()},
+        **measured.per_run(runs), "client_per_request": measured.own_cpu_s * 1000 / requests,
+        "requests": requests / runs,
     }  # fmt: skip
 
 
@@ -136,22 +159,9 @@ async def raw_arq(stack: Stack, runs: int, clients: int) -> dict[str, float]:
             await asyncio.gather(*(client() for _ in range(clients)))
 
         await clients_run(WARMUP)
-        meter = Meter({"worker": worker.process.pid, "redis": stack.redis_server.pid or 0})
-        before = await cost_snapshot(stack)
-        producer_before = time.process_time()
-        meter.start()
-        started = time.perf_counter()
-        await clients_run(runs)
-        wall = time.perf_counter() - started
-        used = meter.stop()
-        producer = time.process_time() - producer_before
-        cost = cost_between(before, await cost_snapshot(stack))
+        measured = await measure(stack, {"worker": worker.process.pid}, clients_run(runs))
     await stack.flush()
-    return {
-        **{name: seconds * 1000 / runs for name, seconds in used.items()}, "api": producer * 1000 / runs,
-        "commands": cost.total / runs, "per_s": runs / wall,
-        **{f"cmd:{name}": calls / runs for name, calls in cost.calls.items()},
-    }  # fmt: skip
+    return {**measured.per_run(runs), "api": measured.own_cpu_s * 1000 / runs}
 
 
 async def in_flight(stack: Stack, runs: int = 1000) -> dict[str, float]:

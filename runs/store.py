@@ -36,6 +36,8 @@ from runs.model import (
 RUN_FUNCTION = "run_flow"
 # arq drops a job payload after this; a run may wait this long behind others of its story.
 ARQ_JOB_TTL_MS = 7 * 86_400_000
+# The record with the fields only storyflow sees (RunStore.get_state).
+STATE_FIELDS = (*RECORD_FIELDS, "checkpoint", "trail")
 _QUOTED_FIELDS = [f'"{name}":'.encode() for name in RECORD_FIELDS]
 EXPIRED_BATCH = 500
 LIST_SCAN_FACTOR = 20
@@ -88,12 +90,8 @@ def webhook_state(url: str) -> dict[str, Any]:
     return {"url": url, "delivered": False, "attempts": 0, "last_status": None, "last_error": None}
 
 
-def _decode_named(names: list[str], values: list[bytes | None]) -> dict[str, Any]:
+def _decode(values: list[bytes | None], names: tuple[str, ...] = RECORD_FIELDS) -> dict[str, Any]:
     return {name: None if raw is None else orjson.loads(raw) for name, raw in zip(names, values, strict=True)}
-
-
-def _decode(values: list[bytes | None]) -> dict[str, Any]:
-    return {name: None if raw is None else orjson.loads(raw) for name, raw in zip(RECORD_FIELDS, values, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -242,24 +240,17 @@ class RunStore:
         return (await self.get_states(tenant, [job_id]))[0]
 
     async def get_states(self, tenant: str, job_ids: list[str]) -> list[dict[str, Any] | None]:
-        names = [*RECORD_FIELDS, "checkpoint", "trail"]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(keys.run(tenant, job_id), names)
-            rows = await pipe.execute()
-        return [
-            None
-            if values[0] is None
-            else {n: None if v is None else orjson.loads(v) for n, v in zip(names, values, strict=True)}
-            for values in rows
-        ]
+        return await self._read_many(tenant, job_ids, STATE_FIELDS)
 
     async def get_many(self, tenant: str, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        return await self._read_many(tenant, job_ids, RECORD_FIELDS)
+
+    async def _read_many(self, tenant: str, job_ids: list[str], names: tuple[str, ...]) -> list[dict[str, Any] | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(keys.run(tenant, job_id), list(RECORD_FIELDS))
+                pipe.hmget(keys.run(tenant, job_id), list(names))
             rows = await pipe.execute()
-        return [None if values[0] is None else _decode(values) for values in rows]
+        return [None if values[0] is None else _decode(values, names) for values in rows]
 
     async def list_page(
         self, tenant: str, *, story_id: str | None, status: str | None, limit: int, cursor: str | None,

@@ -58,7 +58,7 @@ class ArqCompat(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         # Skip only jobs still running here: a finished one waits in `tasks` for arq's cleanup, and the
         # same job id may be queued again by then (a person answered, a retry).
-        wanted = [job_id.decode() for job_id in job_ids if not self._running_here(job_id.decode())]
+        wanted = [job_id for job_id in (raw.decode() for raw in job_ids) if not self._running_here(job_id)]
         # At most START_BATCH a poll, and the next poll at once: a thousand runs queued together start
         # in steps, the event loop free for the running ones in between. Every candidate is offered:
         # the first may all be running on other workers (they stay in arq's queue while they run).

@@ -261,7 +261,7 @@ async def run_events(
 
 @router.post("/runs/{job_id}/cancel")
 async def cancel(job_id: str, viewer: PostViewerDep, store: StoreDep) -> Response:
-    return await _act(job_id, cancel_run(job_id, viewer.tenant, store), "Cancelled.")
+    return await _act(cancel_run(job_id, viewer.tenant, store), _run_page(job_id), "Cancelled.")
 
 
 @router.post("/runs/{job_id}/retry")
@@ -270,7 +270,7 @@ async def retry(
     from_node: Annotated[str, Form(alias="from", max_length=64)] = "",
 ) -> Response:  # fmt: skip
     body = RetryRequest(**{"from": from_node or None})
-    return await _act(job_id, retry_run(job_id, viewer.tenant, store, catalog, body), "Queued again.")
+    return await _act(retry_run(job_id, viewer.tenant, store, catalog, body), _run_page(job_id), "Queued again.")
 
 
 @router.post("/runs/{job_id}/input")
@@ -279,15 +279,21 @@ async def answer(
     action: Annotated[str, Form(max_length=64)], text: Annotated[str, Form(max_length=65536)] = "",
 ) -> Response:  # fmt: skip
     body = InputRequest(action=action, text=text or None)
-    return await _act(job_id, answer_input(job_id, body, viewer.tenant, store, catalog, settings), "Answered.")
+    answering = answer_input(job_id, body, viewer.tenant, store, catalog, settings)
+    return await _act(answering, _run_page(job_id), "Answered.")
 
 
-async def _act(job_id: str, action: Any, done: str) -> Response:
-    page = f"/ui/runs/{job_id}" if JOB_ID.match(job_id) else "/ui/runs"
+def _run_page(job_id: str) -> str:
+    return f"/ui/runs/{job_id}" if JOB_ID.match(job_id) else "/ui/runs"
+
+
+async def _act(action: Any, page: str, done: str, page_if_refused: str | None = None) -> Response:
+    """Run an API action for the dashboard: back to `page` saying it is done, or to `page_if_refused`
+    (by default `page`) with the API's message."""
     try:
         await action
     except HTTPException as exc:
-        return back_to(page, _message(exc.detail))
+        return back_to(page_if_refused or page, _message(exc.detail))
     return back_to(page, done)
 
 
@@ -318,22 +324,16 @@ async def batch_page(
 
 @router.post("/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, viewer: PostViewerDep, store: StoreDep, batches: BatchesDep) -> Response:
-    try:
-        await batch_routes.cancel_batch(batch_id, viewer.tenant, store, batches)
-    except HTTPException as exc:
-        return back_to("/ui/batches", _message(exc.detail))
-    return back_to(f"/ui/batches/{batch_id}", "Unfinished runs cancelled.")
+    cancelling = batch_routes.cancel_batch(batch_id, viewer.tenant, store, batches)
+    return await _act(cancelling, f"/ui/batches/{batch_id}", "Unfinished runs cancelled.", "/ui/batches")
 
 
 @router.post("/batches/{batch_id}/retry")
 async def retry_batch(
     batch_id: str, viewer: PostViewerDep, store: StoreDep, batches: BatchesDep, catalog: CatalogDep
 ) -> Response:
-    try:
-        await batch_routes.retry_batch(batch_id, viewer.tenant, store, batches, catalog)
-    except HTTPException as exc:
-        return back_to("/ui/batches", _message(exc.detail))
-    return back_to(f"/ui/batches/{batch_id}", "Failed runs queued again.")
+    retrying = batch_routes.retry_batch(batch_id, viewer.tenant, store, batches, catalog)
+    return await _act(retrying, f"/ui/batches/{batch_id}", "Failed runs queued again.", "/ui/batches")
 
 
 @router.get("/stories/{story_id}")

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import uuid
 import zlib
+from collections import Counter
 from typing import Annotated, Any
 
 import orjson
@@ -77,8 +78,8 @@ async def create_batch(
                 group.create_task(submit_stream(stream))
     except ExceptionGroup as failed:  # answered as that error alone (a 503 for Redis away)
         raise failed.exceptions[0] from None
-    counts = {status: sum(1 for a in answers if a and a["status"] == status) for status in ("pending_docs", "invalid")}
-    counts["rejected"] = sum(1 for a in answers if a and a["status"] == "rejected")
+    tally = Counter(answer["status"] for answer in answers if answer)
+    counts = {status: tally[status] for status in ("pending_docs", "invalid", "rejected")}
     await batches.seal(tenant, opened.batch_id, counts=counts, items=answers)
     created = {"batch_id": opened.batch_id, "items": answers}
     return EscapedJSONResponse(created, status_code=201 if opened.status == "created" else 200)

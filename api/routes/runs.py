@@ -45,17 +45,14 @@ async def check_webhook(url: str | None, settings: Settings, cache: dict[str, st
         return
     if settings.webhook_secret is None:
         raise HTTPException(422, validation_error("webhook", "webhooks need STORYFLOW_WEBHOOK_SECRET on the server"))
-    if cache is None or url not in cache:
+    cache = {} if cache is None else cache
+    if url not in cache:
         try:
             await safe_url.check(url, allow_private=settings.webhook_allow_private)
-            verdict = None
+            cache[url] = None
         except safe_url.UnsafeURLError as exc:
-            verdict = str(exc)
-        if cache is not None:
-            cache[url] = verdict
-    else:
-        verdict = cache[url]
-    if verdict is not None:
+            cache[url] = str(exc)
+    if (verdict := cache[url]) is not None:
         raise HTTPException(422, validation_error("webhook", verdict))
 
 

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from infra.embedded_redis import free_port
 from tests.conftest import RUN, Processes, wait_for, wait_http_ok
 from tests.support.receiver import Receiver
-from tests.test_webhooks import SECRET
+from tests.test_webhooks import SECRET, received
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -24,13 +24,6 @@ def hook_env(**extra: str) -> dict[str, str]:
         "STORYFLOW_WEBHOOK_SECRET": SECRET, "STORYFLOW_WEBHOOK_ALLOW_PRIVATE": "true",
         "STORYFLOW_WEBHOOK_RETRY_BASE": "4", **extra,
     }  # fmt: skip
-
-
-async def received(receiver: Receiver, count: int, timeout: float = 30) -> None:
-    async def enough() -> bool:
-        return len(receiver.received) >= count
-
-    await wait_for(enough, timeout=timeout)
 
 
 async def start_api(processes: Processes, port: int) -> str:
@@ -60,7 +53,7 @@ async def test_a_pending_delivery_survives_restarts_of_the_api_and_the_worker(
     worker = processes.worker(**hook_env())
     async with httpx.AsyncClient(base_url=base) as http:
         job_id = (await http.post("/run", json={**RUN, "webhook": receiver.url})).json()["job_id"]
-    await received(receiver, 1)  # attempt 1 got a 500; attempt 2 is due in 2-4 s
+    await received(receiver, 1, timeout=30)  # attempt 1 got a 500; attempt 2 is due in 2-4 s
     for process in processes.started:
         process.send_signal(signal.SIGKILL)
     await asyncio.to_thread(worker.wait, 10)
@@ -82,7 +75,7 @@ async def test_a_worker_killed_mid_attempt_is_followed_by_another_with_the_same_
     worker = processes.worker(**hook_env(STORYFLOW_WEBHOOK_TIMEOUT="2"))
     async with httpx.AsyncClient(base_url=base) as http:
         job_id = (await http.post("/run", json={**RUN, "webhook": receiver.url})).json()["job_id"]
-    await received(receiver, 1)  # the attempt is under way, unanswered
+    await received(receiver, 1, timeout=30)  # the attempt is under way, unanswered
     worker.send_signal(signal.SIGKILL)
     await asyncio.to_thread(worker.wait, 10)
     receiver.hang_paths = set()
