@@ -224,3 +224,18 @@ async def test_a_name_is_resolved_once_and_the_request_names_its_host(
 )  # fmt: skip
 def test_which_addresses_are_public(address: str, public: bool) -> None:
     assert safe_url.is_public(ipaddress.ip_address(address)) is public
+
+
+@pytest.mark.parametrize(
+    "secret", ["not-whsec", "whsec_", "whsec_!!!notbase64", "whsec_" + base64.b64encode(b"short").decode()]
+)
+def test_a_malformed_webhook_secret_stops_the_process_at_start(secret: str) -> None:
+    with pytest.raises(ValueError, match="whsec_"):
+        Settings(webhook_secret=secret)
+
+
+async def test_an_over_long_webhook_url_is_a_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/run", json={**RUN, "webhook": "https://example.com/" + "a" * 2100})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "webhook"]
+    assert (await client.get("/runs")).json() == []

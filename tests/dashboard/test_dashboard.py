@@ -197,6 +197,29 @@ async def test_cancel_retry_and_answer_from_the_buttons(site: Site, browser: Bro
     assert site.errors == []
 
 
+async def test_a_bad_document_from_the_story_page_is_refused_with_a_message(site: Site, browser: Browser) -> None:
+    page = await site.page(browser)
+    await page.goto("/ui/stories/story-1")
+    await page.fill("input[name=doc_id]", "bad:id")
+    await page.fill("form.doc >> nth=-1 >> textarea", "content")
+    await page.click("text=Add")
+    await expect(page.locator(".message")).to_contain_text("A document id is")
+    await page.fill("input[name=doc_id]", "prd")
+    await page.fill("form.doc >> nth=-1 >> textarea", "x" * 1_048_577)  # over STORYFLOW_MAX_BODY_BYTES
+    async with page.expect_response("**/ui/stories/story-1/docs") as sent:
+        await page.click("text=Add")
+    assert (await sent.value).status == 413
+    assert (await site.http.get("/docs")).json() == []
+    site.errors.clear()  # the browser logs the 413 it was answered
+    await page.goto("/ui/stories/story-1")
+    await page.fill("input[name=doc_id]", "prd")
+    await page.fill("form.doc >> nth=-1 >> textarea", "The PRD.")
+    await page.click("text=Add")
+    await expect(page.locator(".message")).to_have_text("Saved prd.")
+    assert (await site.http.get("/docs/prd")).json()["content"] == "The PRD."
+    assert site.errors == []
+
+
 async def test_markup_in_an_input_is_shown_as_text(site: Site, browser: Browser) -> None:
     job_id = await site.submit(story_id="xss-1", input=XSS)
     await site.until(job_id, "complete")
